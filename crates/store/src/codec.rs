@@ -1,0 +1,597 @@
+//! The streaming codec: data objects go through compression and SHA-256 on
+//! their way in and out, in bounded memory whatever their size.
+//!
+//! ```text
+//! put: reader -> sha256(content) -> zstd -> [encryption: future] -> sha256(stored) -> multipart upload
+//! get: download -> sha256(stored) -> [decryption: future] -> zstd -> sha256(content) -> writer
+//! ```
+//!
+//! Memory: one 64 KiB read buffer, the zstd window (a few MiB at the levels
+//! allowed), and the upload buffers: `part_size` bytes being filled plus at
+//! most `max_concurrency` parts in flight (8 MiB and 4 by default, about
+//! 40 MiB). S3 allows 10,000 parts, so the default part size caps one
+//! object at about 78 GiB; raise it for larger objects.
+//!
+//! **Output of [`Codec::get`] is provisional until it returns `Ok`**: the
+//! digests can only be compared once the last byte has been read, so a
+//! corrupt object has already been partly written to the caller's writer
+//! when the mismatch is reported. Write to a staging location and publish
+//! it (rename) only after success.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use async_compression::Level;
+use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::error::{Error, Result};
+
+const READ_BUFFER: usize = 64 * 1024;
+
+/// Default multipart part size.
+pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
+/// Default number of parts uploaded concurrently.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 4;
+
+/// How data objects are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Stored as is.
+    None,
+    /// Zstandard, one frame.
+    #[default]
+    Zstd,
+}
+
+/// What was stored: sizes and SHA-256 digests (lowercase hex) of the
+/// content and of the stored bytes. Recorded by the writer (in a manifest,
+/// an inventory) and checked by every reader.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    /// Size of the content (before compression).
+    pub size: u64,
+    /// Size of the stored object.
+    pub stored_size: u64,
+    /// SHA-256 of the stored bytes.
+    pub sha256: String,
+    /// SHA-256 of the content.
+    pub content_sha256: String,
+    /// How the stored bytes encode the content.
+    pub compression: Compression,
+}
+
+/// A progress callback: called with the number of content bytes processed
+/// so far.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// Streaming put and verified get of data objects (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Codec {
+    compression: Compression,
+    level: i32,
+    part_size: usize,
+    max_concurrency: usize,
+}
+
+impl Default for Codec {
+    fn default() -> Self {
+        Self::new(Compression::Zstd)
+    }
+}
+
+impl Codec {
+    /// A codec writing with `compression` (zstd level 3), 8 MiB parts, 4
+    /// parts in flight.
+    pub fn new(compression: Compression) -> Self {
+        Self {
+            compression,
+            level: crate::config::DEFAULT_COMPRESSION_LEVEL,
+            part_size: DEFAULT_PART_SIZE,
+            max_concurrency: DEFAULT_MAX_CONCURRENCY,
+        }
+    }
+
+    /// Sets the zstd level (clamped to 1..=19).
+    pub fn with_level(mut self, level: i32) -> Self {
+        self.level = level.clamp(1, 19);
+        self
+    }
+
+    /// Sets the multipart part size (at least 5 MiB, the S3 minimum).
+    pub fn with_part_size(mut self, bytes: usize) -> Self {
+        self.part_size = bytes.max(5 * 1024 * 1024);
+        self
+    }
+
+    /// Sets how many parts may be uploaded at once (at least 1).
+    pub fn with_max_concurrency(mut self, parts: usize) -> Self {
+        self.max_concurrency = parts.max(1);
+        self
+    }
+
+    /// The compression used for writing.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// Streams `reader` into the object at `path` (overwriting it),
+    /// compressing and hashing on the way. Objects up to one part are sent
+    /// with one PUT, larger ones as a multipart upload; either way the
+    /// object appears atomically when this returns `Ok`. On error the
+    /// multipart upload is aborted; if the future is dropped, an incomplete
+    /// multipart upload may remain (S3 lifecycle rules remove those).
+    pub async fn put<R>(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        reader: R,
+        progress: Option<Progress<'_>>,
+    ) -> Result<ObjectInfo>
+    where
+        R: AsyncRead + Unpin + Send,
+    {
+        let mut encoder = Encoder::new(self.compression, self.level, reader);
+        let mut upload = BufWriter::with_capacity(Arc::clone(store), path.clone(), self.part_size)
+            .with_max_concurrency(self.max_concurrency);
+        let mut stored = Sha256::new();
+        let mut stored_size = 0u64;
+        let mut buf = vec![0u8; READ_BUFFER];
+
+        let written: Result<()> = async {
+            loop {
+                let n = encoder
+                    .read(&mut buf)
+                    .await
+                    .map_err(|e| Error::from_io("reading source for", path.as_ref(), e))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                stored.update(&buf[..n]);
+                stored_size += n as u64;
+                upload
+                    .write_all(&buf[..n])
+                    .await
+                    .map_err(|e| Error::from_io("uploading", path.as_ref(), e))?;
+                if let Some(progress) = progress {
+                    progress(encoder.content().count);
+                }
+            }
+        }
+        .await;
+        if let Err(e) = written {
+            // Best effort: the error that matters is the one above.
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+        // `shutdown` completes the upload, or aborts it on failure.
+        upload
+            .shutdown()
+            .await
+            .map_err(|e| Error::from_io("completing upload of", path.as_ref(), e))?;
+
+        let content = encoder.into_content();
+        if let Some(progress) = progress {
+            progress(content.count);
+        }
+        Ok(ObjectInfo {
+            size: content.count,
+            stored_size,
+            sha256: hex::encode(stored.finalize()),
+            content_sha256: hex::encode(content.hasher.finalize()),
+            compression: self.compression,
+        })
+    }
+
+    /// Streams the object at `path` into `writer`, decompressing and
+    /// verifying it against `expected` (the [`ObjectInfo`] its writer
+    /// recorded). A difference is [`Error::DigestMismatch`] naming the
+    /// object; the stored bytes are always hashed to the end so that
+    /// corruption is reported as such even when it breaks decompression.
+    ///
+    /// What was written to `writer` is provisional until this returns `Ok`.
+    /// `writer` is flushed, not shut down.
+    pub async fn get<W>(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+        expected: &ObjectInfo,
+        writer: &mut W,
+        progress: Option<Progress<'_>>,
+    ) -> Result<()>
+    where
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
+        let name = path.as_ref();
+        let result = store
+            .get_opts(path, GetOptions::default())
+            .await
+            .map_err(|e| Error::from_store(name, e))?;
+        let mut decoder = Decoder::new(
+            expected.compression,
+            StoredReader::new(result.into_stream()),
+        );
+        let mut content = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; READ_BUFFER];
+        let mut undecodable = None;
+        let mut oversized = false;
+        loop {
+            let n = match decoder.read(&mut buf).await {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    undecodable = Some(e);
+                    break;
+                }
+            };
+            if size + n as u64 > expected.size {
+                oversized = true;
+                break;
+            }
+            content.update(&buf[..n]);
+            size += n as u64;
+            writer
+                .write_all(&buf[..n])
+                .await
+                .map_err(|e| Error::from_io("writing content of", name, e))?;
+            if let Some(progress) = progress {
+                progress(size);
+            }
+        }
+
+        // Hash whatever the decoder left unread, so that the stored digest
+        // always covers the whole object.
+        let mut stored = decoder.into_stored();
+        if let Some(e) = stored.transport_error.take() {
+            return Err(Error::from_store(name, e));
+        }
+        let drained = tokio::io::copy(&mut stored, &mut tokio::io::sink()).await;
+        if let Some(e) = stored.transport_error.take() {
+            return Err(Error::from_store(name, e));
+        }
+        drained.map_err(|e| Error::from_io("reading", name, e))?;
+
+        let stored_sha = hex::encode(stored.hasher.finalize());
+        if stored_sha != expected.sha256 || stored.count != expected.stored_size {
+            return Err(Error::DigestMismatch {
+                path: name.to_string(),
+                expected: expected.sha256.clone(),
+                actual: stored_sha,
+            });
+        }
+        if let Some(e) = undecodable {
+            return Err(Error::Corrupt {
+                path: name.to_string(),
+                reason: format!("stored bytes match their digest but do not decode: {e}"),
+            });
+        }
+        let content_sha = hex::encode(content.finalize());
+        if oversized || size != expected.size || content_sha != expected.content_sha256 {
+            return Err(Error::DigestMismatch {
+                path: name.to_string(),
+                expected: expected.content_sha256.clone(),
+                actual: if oversized {
+                    format!("more than {} bytes of content", expected.size)
+                } else {
+                    content_sha
+                },
+            });
+        }
+        writer
+            .flush()
+            .await
+            .map_err(|e| Error::from_io("writing content of", name, e))?;
+        Ok(())
+    }
+}
+
+/// Hashes and counts what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        let fresh = &buf.filled()[before..];
+        self.hasher.update(fresh);
+        self.count += fresh.len() as u64;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Compression stage of `put`; the place where encryption will go.
+enum Encoder<R> {
+    Plain(HashingReader<R>),
+    Zstd(Box<ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>>),
+}
+
+impl<R: AsyncRead + Unpin> Encoder<R> {
+    fn new(compression: Compression, level: i32, reader: R) -> Self {
+        let content = HashingReader {
+            inner: reader,
+            hasher: Sha256::new(),
+            count: 0,
+        };
+        match compression {
+            Compression::None => Self::Plain(content),
+            Compression::Zstd => Self::Zstd(Box::new(ZstdEncoder::with_quality(
+                tokio::io::BufReader::with_capacity(READ_BUFFER, content),
+                Level::Precise(level),
+            ))),
+        }
+    }
+
+    fn content(&self) -> &HashingReader<R> {
+        match self {
+            Self::Plain(r) => r,
+            Self::Zstd(z) => z.get_ref().get_ref(),
+        }
+    }
+
+    fn into_content(self) -> HashingReader<R> {
+        match self {
+            Self::Plain(r) => r,
+            Self::Zstd(z) => z.into_inner().into_inner(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Encoder<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Zstd(z) => Pin::new(z.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+/// Reads a downloaded object's byte stream, hashing and counting the stored
+/// bytes. Transport errors are kept aside so that they are not mistaken for
+/// corruption.
+struct StoredReader {
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    chunk: Bytes,
+    hasher: Sha256,
+    count: u64,
+    transport_error: Option<object_store::Error>,
+}
+
+impl StoredReader {
+    fn new(stream: BoxStream<'static, object_store::Result<Bytes>>) -> Self {
+        Self {
+            stream,
+            chunk: Bytes::new(),
+            hasher: Sha256::new(),
+            count: 0,
+            transport_error: None,
+        }
+    }
+}
+
+impl AsyncRead for StoredReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.transport_error.is_some() {
+            return Poll::Ready(Err(std::io::Error::other("download failed")));
+        }
+        while this.chunk.is_empty() {
+            match ready!(this.stream.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => {
+                    this.hasher.update(&chunk);
+                    this.count += chunk.len() as u64;
+                    this.chunk = chunk;
+                }
+                Some(Err(e)) => {
+                    this.transport_error = Some(e);
+                    return Poll::Ready(Err(std::io::Error::other("download failed")));
+                }
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.chunk.len().min(buf.remaining());
+        buf.put_slice(&this.chunk.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Decompression stage of `get`; the place where decryption will go.
+enum Decoder {
+    Plain(Box<StoredReader>),
+    Zstd(Box<ZstdDecoder<tokio::io::BufReader<StoredReader>>>),
+}
+
+impl Decoder {
+    fn new(compression: Compression, stored: StoredReader) -> Self {
+        match compression {
+            Compression::None => Self::Plain(Box::new(stored)),
+            Compression::Zstd => Self::Zstd(Box::new(ZstdDecoder::new(
+                tokio::io::BufReader::with_capacity(READ_BUFFER, stored),
+            ))),
+        }
+    }
+
+    /// The stored-bytes reader. Bytes the decoder had buffered are lost, but
+    /// they were hashed when they were read.
+    fn into_stored(self) -> StoredReader {
+        match self {
+            Self::Plain(r) => *r,
+            Self::Zstd(z) => z.into_inner().into_inner(),
+        }
+    }
+}
+
+impl AsyncRead for Decoder {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(r) => Pin::new(r.as_mut()).poll_read(cx, buf),
+            Self::Zstd(z) => Pin::new(z.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+    use proptest::prelude::*;
+
+    fn mem() -> Arc<dyn ObjectStore> {
+        Arc::new(InMemory::new())
+    }
+
+    async fn roundtrip(codec: &Codec, data: Vec<u8>) -> ObjectInfo {
+        let store = mem();
+        let path = Path::from("o");
+        let info = codec.put(&store, &path, &data[..], None).await.unwrap();
+        assert_eq!(info.size, data.len() as u64);
+        assert_eq!(info.content_sha256, hex::encode(Sha256::digest(&data)));
+        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+        assert_eq!(info.stored_size, stored.len() as u64);
+        assert_eq!(info.sha256, hex::encode(Sha256::digest(&stored)));
+        let mut out = Vec::new();
+        codec
+            .get(&store, &path, &info, &mut out, None)
+            .await
+            .unwrap();
+        assert_eq!(out, data);
+        info
+    }
+
+    #[tokio::test]
+    async fn empty_and_small_objects() {
+        for compression in [Compression::None, Compression::Zstd] {
+            let codec = Codec::new(compression);
+            let info = roundtrip(&codec, Vec::new()).await;
+            assert_eq!(info.size, 0);
+            roundtrip(&codec, b"hello".to_vec()).await;
+        }
+        let info = roundtrip(&Codec::default(), vec![7u8; 1 << 20]).await;
+        assert!(info.stored_size < 10_000, "zstd compresses: {info:?}");
+    }
+
+    #[tokio::test]
+    async fn progress_reports_content_bytes() {
+        let counts = std::sync::Mutex::new(Vec::new());
+        let progress = |n: u64| counts.lock().unwrap().push(n);
+        let data = vec![1u8; 300_000];
+        Codec::default()
+            .put(&mem(), &Path::from("p"), &data[..], Some(&progress))
+            .await
+            .unwrap();
+        let counts = counts.into_inner().unwrap();
+        assert_eq!(counts.last(), Some(&300_000));
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[tokio::test]
+    async fn corruption_is_a_digest_mismatch_naming_the_object() {
+        let store = mem();
+        let path = Path::from("snapshots/x/data");
+        let codec = Codec::default();
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let info = codec.put(&store, &path, &data[..], None).await.unwrap();
+        let mut stored = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+
+        // Flip one byte in the middle: zstd may or may not notice.
+        let mid = stored.len() / 2;
+        stored[mid] ^= 0x40;
+        store.put(&path, stored.clone().into()).await.unwrap();
+        let err = codec
+            .get(&store, &path, &info, &mut Vec::new(), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::DigestMismatch { path: p, expected, .. } if p == "snapshots/x/data" && *expected == info.sha256),
+            "{err:?}"
+        );
+
+        // Trailing garbage after an intact frame.
+        stored[mid] ^= 0x40;
+        stored.extend_from_slice(b"junk");
+        store.put(&path, stored.into()).await.unwrap();
+        let err = codec
+            .get(&store, &path, &info, &mut Vec::new(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn missing_object_is_not_found() {
+        let info = ObjectInfo {
+            size: 0,
+            stored_size: 0,
+            sha256: String::new(),
+            content_sha256: String::new(),
+            compression: Compression::None,
+        };
+        let err = Codec::default()
+            .get(&mem(), &Path::from("nope"), &info, &mut Vec::new(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn codec_roundtrips_random_data(
+            seed in any::<u64>(),
+            len in 0usize..400_000,
+            repetitive in any::<bool>(),
+            zstd in any::<bool>(),
+        ) {
+            let mut state = seed | 1;
+            let data: Vec<u8> = (0..len)
+                .map(|i| {
+                    if repetitive { (i % 251) as u8 } else {
+                        state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                        state as u8
+                    }
+                })
+                .collect();
+            let codec = Codec::new(if zstd { Compression::Zstd } else { Compression::None });
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(roundtrip(&codec, data));
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Codec conformance: round trips of every size, corruption, faults.
+
+use std::sync::Arc;
+
+use warmspare_store::object_store::path::Path;
+use warmspare_store::object_store::{ObjectStore, ObjectStoreExt};
+use warmspare_store::{Codec, Compression, Error};
+use warmspare_testkit::{Fault, FaultStore, Op};
+
+use crate::backend::Backend;
+use crate::data::{HashingWriter, PatternReader, pattern_digest};
+
+crate::conformance!(
+    codec_roundtrip_empty_and_small,
+    codec_roundtrip_64_mib_multipart,
+    codec_detects_overwritten_object,
+    codec_download_fault_is_retryable_not_corruption,
+);
+
+async fn roundtrip(codec: &Codec, store: &Arc<dyn ObjectStore>, path: &str, seed: u64, len: u64) {
+    let path = Path::from(path);
+    let info = codec
+        .put(store, &path, PatternReader::new(seed, len), None)
+        .await
+        .unwrap();
+    assert_eq!(info.size, len);
+    assert_eq!(info.content_sha256, pattern_digest(seed, len).await);
+    assert_eq!(info.compression, codec.compression());
+    let meta = store.head(&path).await.unwrap();
+    assert_eq!(meta.size, info.stored_size, "{path}");
+
+    let mut out = HashingWriter::default();
+    let progress_seen = std::sync::atomic::AtomicU64::new(0);
+    let progress = |n: u64| progress_seen.store(n, std::sync::atomic::Ordering::Relaxed);
+    codec
+        .get(store, &path, &info, &mut out, Some(&progress))
+        .await
+        .unwrap();
+    assert_eq!(out.len, len);
+    assert_eq!(out.hex(), info.content_sha256);
+    if len > 0 {
+        assert_eq!(progress_seen.into_inner(), len);
+    }
+}
+
+async fn codec_roundtrip_empty_and_small(b: &Backend) {
+    let store = b.store.object_store();
+    for compression in [Compression::Zstd, Compression::None] {
+        let codec = Codec::new(compression);
+        roundtrip(&codec, store, &format!("c/{compression:?}/empty"), 1, 0).await;
+        roundtrip(&codec, store, &format!("c/{compression:?}/one"), 2, 1).await;
+        roundtrip(
+            &codec,
+            store,
+            &format!("c/{compression:?}/small"),
+            3,
+            100_003,
+        )
+        .await;
+    }
+}
+
+async fn codec_roundtrip_64_mib_multipart(b: &Backend) {
+    // Incompressible, so the stored object spans many 8 MiB parts.
+    let len = 64 * 1024 * 1024 + 12_345;
+    roundtrip(b.store.codec(), b.store.object_store(), "c/large", 42, len).await;
+    let stored = b
+        .store
+        .object_store()
+        .head(&Path::from("c/large"))
+        .await
+        .unwrap();
+    assert!(stored.size > 64 * 1024 * 1024, "{stored:?}");
+}
+
+async fn codec_detects_overwritten_object(b: &Backend) {
+    let store = b.store.object_store();
+    let codec = b.store.codec();
+    let path = Path::from("snapshots/x/data");
+    let info = codec
+        .put(store, &path, PatternReader::new(7, 300_000), None)
+        .await
+        .unwrap();
+    // Replace it with another well-formed object of the same size.
+    codec
+        .put(store, &path, PatternReader::new(8, 300_000), None)
+        .await
+        .unwrap();
+    let err = codec
+        .get(store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::DigestMismatch {
+            path,
+            expected,
+            actual,
+        } => {
+            assert_eq!(path, "snapshots/x/data");
+            assert_eq!(*expected, info.sha256);
+            assert_ne!(actual, expected);
+        }
+        other => panic!("expected a digest mismatch, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("snapshots/x/data"), "{err}");
+
+    // Truncated.
+    let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+    store.put(&path, stored.slice(..1000).into()).await.unwrap();
+    let err = codec
+        .get(store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+}
+
+async fn codec_download_fault_is_retryable_not_corruption(b: &Backend) {
+    let faults = FaultStore::new(Arc::clone(b.store.object_store()));
+    let store: Arc<dyn ObjectStore> = Arc::new(faults.clone());
+    let codec = b.store.codec();
+    let path = Path::from("f/data");
+    let info = codec
+        .put(&store, &path, PatternReader::new(9, 1_000_000), None)
+        .await
+        .unwrap();
+
+    faults.inject(Fault::truncate_with_error(Op::Get, 4096).once());
+    let err = codec
+        .get(&store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Store { .. }) && err.is_retryable(),
+        "a broken download is a retryable transport error: {err:?}"
+    );
+
+    faults.inject(Fault::flip_byte(Op::Get, 500_000).once());
+    let err = codec
+        .get(&store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err:?}");
+
+    // And without faults it reads fine.
+    codec
+        .get(&store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap();
+}
+
+/// Peak memory stays bounded for a 1 GiB object. Run alone, it is the only
+/// thing in the process: `cargo test -p warmspare-store --test it --
+/// --ignored --exact codec::one_gib_in_bounded_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: streams 1 GiB; run explicitly"]
+async fn one_gib_in_bounded_memory() {
+    let backend = crate::backend::filesystem();
+    let len = 1024 * 1024 * 1024;
+    let before = peak_rss_kib();
+    roundtrip(
+        backend.store.codec(),
+        backend.store.object_store(),
+        "c/huge",
+        5,
+        len,
+    )
+    .await;
+    let peak = peak_rss_kib();
+    eprintln!("peak RSS: before {before} KiB, after 1 GiB put+get {peak} KiB");
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
+}
+
+fn peak_rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// The same through S3 multipart upload (parts in flight count too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: streams 1 GiB through the S3 server; run explicitly"]
+async fn one_gib_in_bounded_memory_s3() {
+    let Some(backend) = crate::backend::s3("one-gib").await else {
+        return;
+    };
+    let len = 1024 * 1024 * 1024;
+    let before = peak_rss_kib();
+    roundtrip(
+        backend.store.codec(),
+        backend.store.object_store(),
+        "c/huge",
+        5,
+        len,
+    )
+    .await;
+    let peak = peak_rss_kib();
+    eprintln!("peak RSS: before {before} KiB, after 1 GiB put+get over S3 {peak} KiB");
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
+}
