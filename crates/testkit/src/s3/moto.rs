@@ -1,0 +1,93 @@
+//! moto's standalone server (`moto_server -H 127.0.0.1 -p PORT`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Backend, MOTO_ENV, S3Server, WaitError, wait_http_ready, workspace_venv_bin};
+use crate::error::{Error, Result, join_paths};
+use crate::sys::{self, SERVER_WATCHDOG, Watchdog};
+
+const ATTEMPTS: usize = 5;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `$WARMSPARE_MOTO`, then `<workspace>/.venv/bin/moto_server`, then `PATH`.
+pub(super) fn find() -> Result<PathBuf> {
+    let mut looked = Vec::new();
+    if let Some(path) = std::env::var_os(MOTO_ENV) {
+        let path = PathBuf::from(path);
+        if sys::is_executable(&path) {
+            return Ok(path);
+        }
+        looked.push(path);
+    }
+    let venv = workspace_venv_bin().join("moto_server");
+    if sys::is_executable(&venv) {
+        return Ok(venv);
+    }
+    looked.push(venv);
+    if let Some(path) = sys::which("moto_server") {
+        return Ok(path);
+    }
+    looked.push(PathBuf::from("moto_server on PATH"));
+    Err(Error::NotInstalled {
+        program: "moto_server",
+        looked: join_paths(&looked),
+        hint: "run scripts/install-deps (python3 -m venv .venv && .venv/bin/pip install \
+               'moto[s3]' flask flask-cors) or set WARMSPARE_MOTO",
+    })
+}
+
+pub(super) async fn start() -> Result<S3Server> {
+    let program = find()?;
+    let dir = sys::temp_dir("moto-", None)?;
+    let log = dir.path().join("moto.log");
+    for _ in 0..ATTEMPTS {
+        let port = sys::free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let args = [
+            dir.path().display().to_string(),
+            program.display().to_string(),
+            "-H".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        let mut watchdog = Watchdog::spawn(SERVER_WATCHDOG, &args, Some(&log))?;
+        match wait_http_ready(&addr, &mut watchdog, READY_TIMEOUT).await {
+            Ok(()) => {
+                let backend = Backend::Moto {
+                    _watchdog: watchdog,
+                    _dir: dir,
+                };
+                return Ok(S3Server::moto_like(addr, backend));
+            }
+            Err(WaitError::Exited) if port_taken(&sys::tail(&log, 20)) => {
+                tracing::debug!(port, "moto could not bind, retrying");
+            }
+            Err(WaitError::Exited) => {
+                return Err(Error::Command {
+                    what: format!("{} -p {port}", program.display()),
+                    detail: format!("exited early; log:\n{}", sys::tail(&log, 30)),
+                });
+            }
+            Err(WaitError::Timeout(last)) => {
+                return Err(Error::Timeout {
+                    what: format!("moto_server on {addr}"),
+                    timeout: READY_TIMEOUT,
+                    detail: format!("{last}; log:\n{}", sys::tail(&log, 30)),
+                });
+            }
+        }
+    }
+    Err(Error::Command {
+        what: "moto_server".into(),
+        detail: format!(
+            "no free port after {ATTEMPTS} attempts; log:\n{}",
+            sys::tail(&log, 30)
+        ),
+    })
+}
+
+fn port_taken(log: &str) -> bool {
+    log.contains("in use") || log.contains("Address already in use")
+}
