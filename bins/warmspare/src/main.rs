@@ -1,1 +1,133 @@
-fn main() {}
+//! `warmspare`: the command-line tool of warmspare.
+//!
+//! Argument parsing and output only; the work happens in the library
+//! crates. Exit codes: 0 success, 1 operation failed, 2 bad usage or
+//! configuration.
+
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Keep a warm spare of a PostgreSQL + artifact-store service.
+#[derive(Debug, Parser)]
+#[command(name = "warmspare", version, about, max_term_width = 100)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "WARMSPARE_CONFIG",
+        default_value = "warmspare.toml"
+    )]
+    config: PathBuf,
+
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Which [sites.*] entry this process is (overrides `site` in the file).
+    #[arg(long, global = true, value_name = "NAME", env = "WARMSPARE_SITE")]
+    site: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a commented example configuration.
+    Init(cmd::init::Args),
+    /// Validate the configuration and reach every endpoint; a table of what works.
+    Check(cmd::check::Args),
+}
+
+/// Options every command sees.
+#[derive(Debug)]
+struct Global {
+    config: PathBuf,
+    json: bool,
+    site: Option<String>,
+}
+
+/// A failure caused by how the tool was called or configured: exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Exit code of a successful run.
+const EXIT_OK: u8 = 0;
+/// Exit code of an operation that failed.
+const EXIT_FAILED: u8 = 1;
+/// Exit code of bad usage or configuration (clap uses it too).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(error) => {
+            // One line: the error and its causes, never a backtrace.
+            eprintln!("error: {error:#}");
+            ExitCode::from(exit_code_of(&error))
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let cli = Cli::parse();
+    let global = Global {
+        config: cli.config,
+        json: cli.json,
+        site: cli.site,
+    };
+    match cli.command {
+        Command::Init(args) => cmd::init::run(&global, args),
+        Command::Check(args) => cmd::check::run(&global, args),
+    }
+}
+
+/// Exit code 2 for configuration and usage errors, 1 for everything else.
+fn exit_code_of(error: &anyhow::Error) -> u8 {
+    let bad_config = error.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || matches!(
+                cause.downcast_ref::<warmspare_agent::Error>(),
+                Some(warmspare_agent::Error::Config(_))
+            )
+    });
+    if bad_config { EXIT_USAGE } else { EXIT_FAILED }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_errors_exit_with_two() {
+        let err = warmspare_agent::Config::from_toml_str("nope = 1", "x.toml").unwrap_err();
+        assert_eq!(exit_code_of(&anyhow::Error::new(err)), EXIT_USAGE);
+        let err = anyhow::Error::new(UsageError("bad".into())).context("while loading");
+        assert_eq!(exit_code_of(&err), EXIT_USAGE);
+        assert_eq!(exit_code_of(&anyhow::anyhow!("disk full")), EXIT_FAILED);
+    }
+}

@@ -1,0 +1,276 @@
+//! The `[failover]` section of the configuration.
+//!
+//! Durations are written in humantime form (`"1s"`, `"5m"`, `"1h 30m"`).
+//! Every field has a default, so an empty `[failover]` table (or none at
+//! all) is valid.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent does when the active site is judged unhealthy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailoverMode {
+    /// Take the lease and promote the spare without waiting for an operator.
+    #[default]
+    Automatic,
+    /// Alert, then wait for an operator to run `warmspare failover`.
+    Manual,
+    /// Alert only; never promote.
+    Notify,
+}
+
+impl FailoverMode {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailoverMode::Automatic => "automatic",
+            FailoverMode::Manual => "manual",
+            FailoverMode::Notify => "notify",
+        }
+    }
+}
+
+impl fmt::Display for FailoverMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Health-probe thresholds, lease timing and guards for failover.
+///
+/// Construct it with [`Default`] and struct-update syntax, or deserialize it
+/// from the `[failover]` table:
+///
+/// ```
+/// use std::time::Duration;
+/// use warmspare_failover::{FailoverConfig, FailoverMode};
+///
+/// let config = FailoverConfig {
+///     mode: FailoverMode::Manual,
+///     lease_ttl: Duration::from_secs(10),
+///     ..FailoverConfig::default()
+/// };
+/// config.validate().unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverConfig {
+    /// Whether a failover happens without an operator.
+    pub mode: FailoverMode,
+    /// Time between two health probes.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// How long one probe may take before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Consecutive failed probes after which a site is unhealthy.
+    pub unhealthy_threshold: u32,
+    /// Consecutive successful probes after which a site is healthy again.
+    pub healthy_threshold: u32,
+    /// Lifetime of the lease; the holder must renew it within this time.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// No automatic failover when the spare is further behind than this.
+    #[serde(with = "humantime_serde")]
+    pub max_data_loss: Duration,
+    /// Minimum time between two failovers (against flapping).
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+    /// Shell commands run at the site that was promoted.
+    pub on_promote: Vec<String>,
+    /// Shell commands run at a site that fences itself.
+    pub on_fence: Vec<String>,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        FailoverConfig {
+            mode: FailoverMode::Automatic,
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            unhealthy_threshold: 3,
+            healthy_threshold: 2,
+            lease_ttl: Duration::from_secs(6),
+            max_data_loss: Duration::from_secs(5 * 60),
+            cooldown: Duration::from_secs(30 * 60),
+            on_promote: Vec::new(),
+            on_fence: Vec::new(),
+        }
+    }
+}
+
+/// A failover setting that cannot work, with the key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InvalidFailoverConfig {
+    /// The key inside `[failover]`, such as `lease_ttl`.
+    pub key: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl FailoverConfig {
+    /// Checks the relations between the settings that deserialization cannot
+    /// check on its own (non-zero thresholds, a lease that outlives a probe
+    /// interval).
+    pub fn validate(&self) -> Result<(), InvalidFailoverConfig> {
+        let invalid = |key, message: &str| {
+            Err(InvalidFailoverConfig {
+                key,
+                message: message.to_owned(),
+            })
+        };
+        if self.interval.is_zero() {
+            return invalid("interval", "must be greater than zero");
+        }
+        if self.timeout.is_zero() {
+            return invalid("timeout", "must be greater than zero");
+        }
+        if self.unhealthy_threshold == 0 {
+            return invalid("unhealthy_threshold", "must be at least 1");
+        }
+        if self.healthy_threshold == 0 {
+            return invalid("healthy_threshold", "must be at least 1");
+        }
+        if self.lease_ttl <= self.interval {
+            return invalid(
+                "lease_ttl",
+                "must be longer than `interval`, or the holder cannot renew the lease in time",
+            );
+        }
+        for (key, hooks) in [
+            ("on_promote", &self.on_promote),
+            ("on_fence", &self.on_fence),
+        ] {
+            if hooks.iter().any(|h| h.trim().is_empty()) {
+                return invalid(key, "hook commands must not be empty");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `#[serde(with = ...)]` helpers for durations in humantime form.
+pub(crate) mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            de::Error::custom(format_args!(
+                "invalid duration {text:?}: {e} (write it like \"6s\", \"5m\" or \"1h 30m\")"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        failover: FailoverConfig,
+    }
+
+    #[test]
+    fn defaults_match_the_design_example() {
+        let c = FailoverConfig::default();
+        assert_eq!(c.mode, FailoverMode::Automatic);
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.timeout, Duration::from_secs(2));
+        assert_eq!((c.unhealthy_threshold, c.healthy_threshold), (3, 2));
+        assert_eq!(c.lease_ttl, Duration::from_secs(6));
+        assert_eq!(c.max_data_loss, Duration::from_secs(300));
+        assert_eq!(c.cooldown, Duration::from_secs(1800));
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_every_key() {
+        let doc: Doc = toml::from_str(
+            r#"
+            [failover]
+            mode = "manual"
+            interval = "500ms"
+            timeout = "2s"
+            unhealthy_threshold = 5
+            healthy_threshold = 1
+            lease_ttl = "1m 30s"
+            max_data_loss = "5m"
+            cooldown = "1h"
+            on_promote = ["echo promoted"]
+            on_fence = ["systemctl stop hab-sup"]
+            "#,
+        )
+        .unwrap();
+        let c = doc.failover;
+        assert_eq!(c.mode, FailoverMode::Manual);
+        assert_eq!(c.interval, Duration::from_millis(500));
+        assert_eq!(c.lease_ttl, Duration::from_secs(90));
+        assert_eq!(c.cooldown, Duration::from_secs(3600));
+        assert_eq!(c.on_fence, ["systemctl stop hab-sup"]);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn empty_table_gives_defaults() {
+        let doc: Doc = toml::from_str("[failover]\n").unwrap();
+        assert_eq!(doc.failover, FailoverConfig::default());
+    }
+
+    #[test]
+    fn bad_duration_is_a_located_error() {
+        let err = toml::from_str::<Doc>("[failover]\nlease_ttl = \"6 parsecs\"\n").unwrap_err();
+        assert!(err.message().contains("invalid duration"), "{err}");
+        let span = err.span().unwrap();
+        assert!(span.start >= "[failover]\n".len(), "{span:?}");
+    }
+
+    #[test]
+    fn unknown_key_and_mode_are_rejected() {
+        let err = toml::from_str::<Doc>("[failover]\nlease_tll = \"6s\"\n").unwrap_err();
+        assert!(err.message().contains("lease_tll"), "{err}");
+        let err = toml::from_str::<Doc>("[failover]\nmode = \"yolo\"\n").unwrap_err();
+        assert!(err.message().contains("yolo"), "{err}");
+    }
+
+    #[test]
+    fn validate_rejects_unsafe_relations() {
+        let c = FailoverConfig {
+            lease_ttl: Duration::from_secs(1),
+            ..FailoverConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "lease_ttl");
+        let c = FailoverConfig {
+            unhealthy_threshold: 0,
+            ..FailoverConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "unhealthy_threshold");
+        let c = FailoverConfig {
+            on_promote: vec![" ".into()],
+            ..FailoverConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "on_promote");
+    }
+
+    #[test]
+    fn serializes_in_humantime_form() {
+        let text = toml::to_string(&FailoverConfig::default()).unwrap();
+        assert!(text.contains("lease_ttl = \"6s\""), "{text}");
+        assert!(text.contains("cooldown = \"30m\""), "{text}");
+        let back: FailoverConfig = toml::from_str(&text).unwrap();
+        assert_eq!(back, FailoverConfig::default());
+    }
+}
