@@ -393,10 +393,14 @@ impl Config {
         {
             return invalid("repository.compression_level", "must be between 1 and 19");
         }
-        if let Some(path) = &self.repository.encryption_key_file
-            && !path.is_absolute()
-        {
-            return invalid("repository.encryption_key_file", "must be an absolute path");
+        if self.repository.encryption_key_file.is_some() {
+            // Refused rather than ignored: an operator who asked for
+            // encryption must never get plaintext backups silently.
+            return invalid(
+                "repository.encryption_key_file",
+                "encryption at rest is not available in this version of warmspare; \
+                 remove the key (backups would otherwise be written unencrypted)",
+            );
         }
         for (key, t) in [
             (
