@@ -1,0 +1,437 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+
+use warmspare_store::{SnapshotId, SnapshotKind};
+
+use crate::event::{BackupStep, DeepVerifyStep, RestoreStep};
+
+/// Everything that can go wrong in `warmspare-snapshot`.
+///
+/// Backups and restores wrap the error of the step that failed in
+/// [`Error::Backup`] / [`Error::Restore`], so that the message says which
+/// step it was. Messages never contain passwords: database targets are shown
+/// as `user@host:port/database`, and text that comes from the server or a
+/// tool is scrubbed of the password before it is kept.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database URL that cannot be used.
+    #[error("invalid database url: {reason}")]
+    InvalidUrl {
+        /// What is wrong with it (the URL is not repeated: it may hold a password).
+        reason: String,
+    },
+
+    /// The restore target cannot be used as asked (no database name, a name
+    /// too long for the staging suffix, ...).
+    #[error("invalid restore target {target}: {reason}")]
+    InvalidTarget {
+        /// `user@host:port/database`.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The server could not be reached (connection refused, DNS, timeout).
+    #[error("cannot reach {target}: {message}")]
+    Unreachable {
+        /// `user@host:port/database`.
+        target: String,
+        /// What the driver said.
+        message: String,
+    },
+
+    /// The server refused the credentials.
+    #[error("authentication failed for {target}: {message}")]
+    AuthenticationFailed {
+        /// `user@host:port/database`.
+        target: String,
+        /// What the server said.
+        message: String,
+    },
+
+    /// A statement failed.
+    #[error("{context} on {target}: {message}{}", code.as_deref().map(|c| format!(" (SQLSTATE {c})")).unwrap_or_default())]
+    Sql {
+        /// `user@host:port/database`.
+        target: String,
+        /// What was being done.
+        context: String,
+        /// What the server or driver said.
+        message: String,
+        /// The SQLSTATE, when the server sent one.
+        code: Option<String>,
+    },
+
+    /// A PostgreSQL client program was not found.
+    #[error(
+        "{tool} not found ({location}); install the PostgreSQL client tools or set the bin dir"
+    )]
+    ToolNotFound {
+        /// `pg_dump`, `pg_restore`, `pg_dumpall`.
+        tool: &'static str,
+        /// Where it was looked for.
+        location: String,
+    },
+
+    /// A client program is older than the server (or the archive) it must
+    /// work with.
+    #[error(
+        "{tool} {tool_version} is older than {what} {needed}; use {tool} {needed_major} or newer"
+    )]
+    ToolTooOld {
+        /// The program.
+        tool: &'static str,
+        /// Its version (`15.4`).
+        tool_version: String,
+        /// `"the server"` or `"the pg_dump that wrote the snapshot"`.
+        what: &'static str,
+        /// The version it must handle.
+        needed: String,
+        /// The lowest acceptable major version (`15`, `9.6`).
+        needed_major: String,
+    },
+
+    /// A client program could not be started or talked to.
+    #[error("{context} {tool}: {source}")]
+    ToolIo {
+        /// The program.
+        tool: &'static str,
+        /// What was being done.
+        context: &'static str,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A client program failed; `stderr` holds the end of what it said.
+    #[error("{tool} failed ({status}): {}", stderr.trim())]
+    ToolFailed {
+        /// The program.
+        tool: &'static str,
+        /// Its exit status.
+        status: String,
+        /// The end of its standard error, password scrubbed.
+        stderr: String,
+    },
+
+    /// The repository failed; the store's error names the object.
+    #[error(transparent)]
+    Store(#[from] warmspare_store::Error),
+
+    /// Text that is neither a snapshot id nor `latest`.
+    #[error("{text:?} is not a snapshot id (YYYYMMDDTHHMMSSZ-xxxx) nor \"latest\"")]
+    InvalidSnapshotId {
+        /// The text given.
+        text: String,
+    },
+
+    /// No committed snapshot has this id.
+    #[error("snapshot {id} not found (no committed snapshot with this id)")]
+    SnapshotNotFound {
+        /// The id asked for.
+        id: String,
+    },
+
+    /// `latest` was asked for but the repository holds no matching snapshot.
+    #[error("the repository holds no {} snapshot", kind.map(kind_name).unwrap_or("committed"))]
+    NoSnapshots {
+        /// The kind asked for, if any.
+        kind: Option<SnapshotKind>,
+    },
+
+    /// A snapshot of another kind than the operation needs.
+    #[error("snapshot {id} is a {} snapshot; {needed}", kind_name(*kind))]
+    WrongKind {
+        /// The snapshot.
+        id: SnapshotId,
+        /// Its kind.
+        kind: SnapshotKind,
+        /// What the operation needs.
+        needed: &'static str,
+    },
+
+    /// `--target-time` was given for a logical snapshot.
+    #[error(
+        "snapshot {id} is a logical snapshot: it restores to the moment it was taken ({taken}); \
+         a target time needs a physical snapshot and the WAL archive"
+    )]
+    TargetTimeUnsupported {
+        /// The snapshot.
+        id: SnapshotId,
+        /// When it was taken (RFC 3339).
+        taken: String,
+    },
+
+    /// The manifest's metadata is not what a logical snapshot writes.
+    #[error("snapshot {id} has unusable metadata: {reason}")]
+    BadMeta {
+        /// The snapshot.
+        id: SnapshotId,
+        /// Why.
+        reason: String,
+    },
+
+    /// Restored row counts differ from those recorded at backup time.
+    #[error(
+        "row counts in {database} differ from the snapshot's: {}",
+        Mismatches(mismatches)
+    )]
+    RowCountMismatch {
+        /// The database checked.
+        database: String,
+        /// Every table that differs.
+        mismatches: Vec<RowCountMismatch>,
+    },
+
+    /// The restore would overwrite the database the snapshot was taken from.
+    #[error(
+        "refusing to restore over {database} on the server the snapshot was taken from \
+         (same system identifier); allow it explicitly to replace the source database"
+    )]
+    RefusedSourceOverwrite {
+        /// The database.
+        database: String,
+    },
+
+    /// Another restore into the same database holds the restore lock.
+    #[error("another restore into {database} is in progress")]
+    RestoreInProgress {
+        /// The target database.
+        database: String,
+    },
+
+    /// `amcheck` found a corrupt index in a restored copy.
+    #[error("amcheck: index {index} is corrupt: {message}")]
+    IndexCorrupt {
+        /// The index (`schema.name`).
+        index: String,
+        /// What amcheck said.
+        message: String,
+    },
+
+    /// A deep verification failed; `step` says where. The snapshot is
+    /// suspect unless the cause is the scratch server (connection, tools).
+    #[error("deep verification of snapshot {id} failed at step {step}: {source}")]
+    DeepVerify {
+        /// The snapshot.
+        id: SnapshotId,
+        /// The step that failed.
+        step: DeepVerifyStep,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// The local spool file for a parallel restore failed.
+    #[error("spool file {path}: {source}")]
+    Spool {
+        /// The file.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A backup failed; `step` says where.
+    #[error("backup failed at step {step}: {source}")]
+    Backup {
+        /// The step that failed.
+        step: BackupStep,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A restore failed; `step` says where. The current database was not
+    /// touched.
+    #[error("restore failed at step {step} (database {database} left untouched): {source}")]
+    Restore {
+        /// The step that failed.
+        step: RestoreStep,
+        /// The target database.
+        database: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One table whose restored row count differs from the snapshot's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowCountMismatch {
+    /// `schema.table`.
+    pub table: String,
+    /// Recorded at backup time.
+    pub expected: u64,
+    /// Found after the restore (`None`: the table is missing).
+    pub actual: Option<u64>,
+}
+
+struct Mismatches<'a>(&'a [RowCountMismatch]);
+
+impl fmt::Display for Mismatches<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 5;
+        for (i, m) in self.0.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match m.actual {
+                Some(actual) => {
+                    write!(f, "{} has {actual} rows, expected {}", m.table, m.expected)?
+                }
+                None => write!(f, "{} is missing, expected {} rows", m.table, m.expected)?,
+            }
+        }
+        if self.0.len() > SHOWN {
+            write!(f, " and {} more", self.0.len() - SHOWN)?;
+        }
+        Ok(())
+    }
+}
+
+fn kind_name(kind: SnapshotKind) -> &'static str {
+    match kind {
+        SnapshotKind::Logical => "logical",
+        SnapshotKind::Physical => "physical",
+        _ => "unknown",
+    }
+}
+
+impl Error {
+    /// Whether retrying the same operation later may succeed (network
+    /// trouble, a server restarting, a conflict with concurrent sessions), as
+    /// opposed to a permanent condition (bad input, missing tools, corrupt
+    /// data, failed checks).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::RestoreInProgress { .. } => true,
+            Self::Sql { code, .. } => code.as_deref().is_some_and(sqlstate_is_retryable),
+            Self::Store(e) => e.is_retryable(),
+            Self::ToolIo { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            Self::Spool { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ),
+            Self::Backup { source, .. }
+            | Self::Restore { source, .. }
+            | Self::DeepVerify { source, .. } => source.is_retryable(),
+            Self::InvalidUrl { .. }
+            | Self::InvalidTarget { .. }
+            | Self::AuthenticationFailed { .. }
+            | Self::ToolNotFound { .. }
+            | Self::ToolTooOld { .. }
+            // A tool's failure may be transient (a dropped connection) or
+            // not (a permission error); its stderr says which, but guessing
+            // from text is fragile: callers retry on schedule anyway.
+            | Self::ToolFailed { .. }
+            | Self::InvalidSnapshotId { .. }
+            | Self::SnapshotNotFound { .. }
+            | Self::NoSnapshots { .. }
+            | Self::WrongKind { .. }
+            | Self::TargetTimeUnsupported { .. }
+            | Self::BadMeta { .. }
+            | Self::RowCountMismatch { .. }
+            | Self::IndexCorrupt { .. }
+            | Self::RefusedSourceOverwrite { .. } => false,
+        }
+    }
+
+    /// The step of a failed backup or restore, if this is one.
+    pub fn restore_step(&self) -> Option<RestoreStep> {
+        match self {
+            Self::Restore { step, .. } => Some(*step),
+            _ => None,
+        }
+    }
+
+    /// The step of a failed backup, if this is one.
+    pub fn backup_step(&self) -> Option<BackupStep> {
+        match self {
+            Self::Backup { step, .. } => Some(*step),
+            _ => None,
+        }
+    }
+
+    /// The innermost error of this crate: the cause inside
+    /// [`Error::Backup`] / [`Error::Restore`].
+    pub fn root(&self) -> &Error {
+        match self {
+            Self::Backup { source, .. }
+            | Self::Restore { source, .. }
+            | Self::DeepVerify { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+/// SQLSTATE classes worth retrying: connection exceptions (08),
+/// transaction rollbacks such as serialization failures (40), insufficient
+/// resources (53), operator intervention such as a shutting-down server
+/// (57), and an object in use (55006).
+fn sqlstate_is_retryable(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57")) || code == "55006"
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_the_step_and_stay_lowercase() {
+        let e = Error::Restore {
+            step: RestoreStep::CheckRowCounts,
+            database: "builder".into(),
+            source: Box::new(Error::RowCountMismatch {
+                database: "builder__warmspare_staging".into(),
+                mismatches: vec![RowCountMismatch {
+                    table: "public.t".into(),
+                    expected: 3,
+                    actual: Some(2),
+                }],
+            }),
+        };
+        let s = e.to_string();
+        assert!(
+            s.starts_with("restore failed at step check-row-counts"),
+            "{s}"
+        );
+        assert!(s.contains("public.t has 2 rows, expected 3"), "{s}");
+        assert!(!s.ends_with('.'));
+        assert_eq!(e.restore_step(), Some(RestoreStep::CheckRowCounts));
+        assert!(!e.is_retryable());
+    }
+
+    #[test]
+    fn retry_classification() {
+        let sql = |code: &str| Error::Sql {
+            target: "u@h:1/d".into(),
+            context: "x".into(),
+            message: "m".into(),
+            code: Some(code.into()),
+        };
+        assert!(sql("40001").is_retryable());
+        assert!(sql("57P01").is_retryable());
+        assert!(sql("55006").is_retryable());
+        assert!(!sql("42P01").is_retryable());
+        let wrapped = Error::Backup {
+            step: BackupStep::Connect,
+            source: Box::new(Error::Unreachable {
+                target: "t".into(),
+                message: "refused".into(),
+            }),
+        };
+        assert!(wrapped.is_retryable());
+        assert!(matches!(wrapped.root(), Error::Unreachable { .. }));
+    }
+}

@@ -1,0 +1,369 @@
+//! [`backup_logical`]: `pg_dump` streamed into the repository.
+
+use std::process::Stdio;
+use std::time::Instant;
+
+use sqlx::{Connection as _, PgConnection};
+use time::OffsetDateTime;
+use warmspare_store::object_store::ObjectStoreExt;
+use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter, layout};
+
+use super::{
+    DUMP_FILE, GLOBALS_FILE, LOGICAL_FORMAT, LogicalBackupOptions, LogicalMeta, RecordedOptions,
+    ToolVersions,
+};
+use crate::error::{Error, Result};
+use crate::event::{BackupStep, Event, ProgressFn};
+use crate::pg::{ServerInfo, TableRows, Target, count_rows, user_tables};
+use crate::tools::{Tool, ToolVersion, Tools, major_text};
+
+/// A committed logical snapshot.
+#[derive(Debug, Clone)]
+pub struct LogicalBackup {
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// Its `meta`, typed.
+    pub meta: LogicalMeta,
+}
+
+/// Takes a logical snapshot of the database at `source_url` into `repo`.
+///
+/// `pg_dump --format=custom --compress=0` runs with the password in its
+/// environment, never on its command line, and its output streams through
+/// the store codec (zstd, SHA-256, multipart upload) in bounded memory. It
+/// dumps the snapshot of a REPEATABLE READ transaction that this function
+/// holds open on its own connection (`pg_export_snapshot()` →
+/// `pg_dump --snapshot`), and the row counts recorded in the manifest are
+/// taken in that same transaction, while the dump runs: they describe
+/// exactly the rows in the dump.
+///
+/// `epoch` is the caller's lease epoch, recorded in the manifest (fencing
+/// token). `now` is the caller's clock reading: it names the snapshot and is
+/// its start time; the finish time adds the elapsed monotonic time.
+///
+/// Nothing is committed unless every step succeeded: `pg_dump`'s exit
+/// status is checked after its output ended and before the manifest is
+/// written. On failure the partial data objects are deleted (best effort;
+/// `prune` removes what remains). Dropping the future kills `pg_dump` and
+/// leaves an incomplete snapshot that is never listed.
+///
+/// # Errors
+///
+/// [`Error::Backup`] naming the [`BackupStep`], around the cause:
+/// [`Error::ToolNotFound`], [`Error::ToolTooOld`] (a `pg_dump` older than the
+/// server, found before anything is written), [`Error::Unreachable`],
+/// [`Error::AuthenticationFailed`], [`Error::ToolFailed`] with `pg_dump`'s
+/// stderr, [`Error::Store`], ...
+pub async fn backup_logical(
+    repo: &Repository,
+    source_url: &str,
+    options: &LogicalBackupOptions,
+    epoch: Option<u64>,
+    now: OffsetDateTime,
+    progress: Option<ProgressFn<'_>>,
+) -> Result<LogicalBackup> {
+    let clock = Instant::now();
+    let emit = |event| {
+        if let Some(progress) = progress {
+            progress(event);
+        }
+    };
+    let fail = |step| {
+        move |e: Error| Error::Backup {
+            step,
+            source: Box::new(e),
+        }
+    };
+
+    emit(Event::Backup(BackupStep::CheckTools));
+    let tools = Tools::new(options.bin_dir.as_deref());
+    let pg_dump = tools
+        .version(Tool::PgDump)
+        .await
+        .map_err(fail(BackupStep::CheckTools))?;
+    let pg_dumpall = match options.globals {
+        true => Some(
+            tools
+                .version(Tool::PgDumpall)
+                .await
+                .map_err(fail(BackupStep::CheckTools))?,
+        ),
+        false => None,
+    };
+
+    emit(Event::Backup(BackupStep::Connect));
+    let target = Target::parse(source_url).map_err(fail(BackupStep::Connect))?;
+    let mut session = Session::open(&target, options, &pg_dump)
+        .await
+        .map_err(fail(BackupStep::Connect))?;
+
+    emit(Event::Backup(BackupStep::Dump));
+    let mut writer = repo
+        .begin_snapshot(SnapshotKind::Logical, now)
+        .await
+        .map_err(|e| fail(BackupStep::Dump)(e.into()))?;
+    let id = writer.id().clone();
+    let result = async {
+        let row_counts = dump(&mut writer, &tools, &target, &mut session, options, emit)
+            .await
+            .map_err(fail(BackupStep::Dump))?;
+        session.close().await;
+
+        if pg_dumpall.is_some() {
+            emit(Event::Backup(BackupStep::Globals));
+            globals(
+                &mut writer,
+                &tools,
+                &target,
+                options,
+                &session.info.database,
+                emit,
+            )
+            .await
+            .map_err(fail(BackupStep::Globals))?;
+        }
+
+        emit(Event::Backup(BackupStep::Commit));
+        let meta = LogicalMeta {
+            format: LOGICAL_FORMAT.to_owned(),
+            database: session.info.database.clone(),
+            source: target.describe(),
+            system_identifier: session.info.system_identifier,
+            server_version: session.info.server_version.clone(),
+            server_version_num: session.info.server_version_num,
+            encoding: session.info.encoding.clone(),
+            lc_collate: session.info.lc_collate.clone(),
+            lc_ctype: session.info.lc_ctype.clone(),
+            dump_file: DUMP_FILE.to_owned(),
+            globals_file: pg_dumpall.as_ref().map(|_| GLOBALS_FILE.to_owned()),
+            row_counts,
+            tools: ToolVersions {
+                pg_dump: pg_dump.line.clone(),
+                pg_dumpall: pg_dumpall.as_ref().map(|v| v.line.clone()),
+            },
+            options: RecordedOptions {
+                globals: options.globals,
+                role_passwords: options.role_passwords,
+                count_rows: options.count_rows,
+            },
+        };
+        commit(repo, writer, &meta, epoch, now + clock.elapsed())
+            .await
+            .map(|manifest| LogicalBackup { manifest, meta })
+            .map_err(fail(BackupStep::Commit))
+    }
+    .await;
+    if result.is_err() {
+        // Best effort: the error that matters is the one being returned,
+        // and `prune` removes whatever stays behind.
+        let _ = crate::catalog::delete_objects(repo, &id).await;
+    }
+    result
+}
+
+/// The connection that holds the dump's snapshot.
+struct Session {
+    conn: Option<PgConnection>,
+    info: ServerInfo,
+    snapshot: String,
+    tables: Vec<(String, String)>,
+}
+
+impl Session {
+    /// Connects, opens the REPEATABLE READ transaction, exports its
+    /// snapshot and reads the identity; refuses a `pg_dump` older than the
+    /// server.
+    async fn open(
+        target: &Target,
+        options: &LogicalBackupOptions,
+        pg_dump: &ToolVersion,
+    ) -> Result<Self> {
+        let mut conn = target.connect(options.connect_timeout).await?;
+        let sql = |context: &'static str| move |e| target.sql_error(context, e);
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut conn)
+            .await
+            .map_err(sql("opening the snapshot transaction"))?;
+        let snapshot: String = sqlx::query_scalar("SELECT pg_export_snapshot()")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(sql("exporting the snapshot"))?;
+        let info = ServerInfo::read(&mut conn, true)
+            .await
+            .map_err(sql("reading the server's identity"))?;
+        if pg_dump.major < info.major() {
+            return Err(Error::ToolTooOld {
+                tool: "pg_dump",
+                tool_version: pg_dump.version.clone(),
+                what: "the server",
+                needed: info.server_version.clone(),
+                needed_major: major_text(info.major()),
+            });
+        }
+        let tables = match options.count_rows {
+            true => user_tables(&mut conn)
+                .await
+                .map_err(sql("listing tables"))?,
+            false => Vec::new(),
+        };
+        Ok(Self {
+            conn: Some(conn),
+            info,
+            snapshot,
+            tables,
+        })
+    }
+
+    /// Ends the transaction and the connection (nothing to commit: it was
+    /// read-only).
+    async fn close(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+            let _ = conn.close().await;
+        }
+    }
+}
+
+/// Streams `pg_dump` into the snapshot while counting rows on the session;
+/// returns the counts.
+async fn dump(
+    writer: &mut SnapshotWriter,
+    tools: &Tools,
+    target: &Target,
+    session: &mut Session,
+    options: &LogicalBackupOptions,
+    emit: impl Fn(Event) + Send + Sync,
+) -> Result<Option<Vec<TableRows>>> {
+    let mut command = tools.command(Tool::PgDump);
+    command
+        .arg("--format=custom")
+        // The codec compresses (zstd): zlib inside the archive would only
+        // cost CPU and defeat zstd.
+        .arg("--compress=0")
+        .arg("--no-password")
+        .arg(format!("--snapshot={}", session.snapshot))
+        .arg(format!("--dbname={}", target.tool_url()))
+        .stdout(Stdio::piped());
+    if let Some(timeout) = options.lock_wait_timeout {
+        command.arg(format!("--lock-wait-timeout={}", timeout.as_millis()));
+    }
+    target.configure_child(&mut command, options.connect_timeout);
+    let mut running = tools.spawn(Tool::PgDump, command)?;
+    let Some(stdout) = running.child_mut().stdout.take() else {
+        running.kill().await;
+        return Err(Error::ToolIo {
+            tool: "pg_dump",
+            context: "no output pipe from",
+            source: std::io::Error::other("stdout not captured"),
+        });
+    };
+
+    let bytes = |n| emit(Event::Bytes(n));
+    let upload = async {
+        writer
+            .put_file_with_progress(DUMP_FILE, stdout, Some(&bytes))
+            .await
+            .map_err(Error::from)
+    };
+    let tables = std::mem::take(&mut session.tables);
+    let conn = session.conn.as_mut();
+    let count = async {
+        match (options.count_rows, conn) {
+            (true, Some(conn)) => count_rows(conn, &tables)
+                .await
+                .map(Some)
+                .map_err(|e| target.sql_error("counting rows", e)),
+            _ => Ok(None),
+        }
+    };
+    match tokio::try_join!(upload, count) {
+        Ok((_, counts)) => {
+            // The stream ended: only now does the exit status say whether
+            // the archive is whole.
+            running.finish(|text| target.scrub(text)).await?;
+            Ok(counts)
+        }
+        Err(e) => {
+            running.kill().await;
+            Err(e)
+        }
+    }
+}
+
+/// Streams `pg_dumpall --globals-only` into the snapshot.
+async fn globals(
+    writer: &mut SnapshotWriter,
+    tools: &Tools,
+    target: &Target,
+    options: &LogicalBackupOptions,
+    database: &str,
+    emit: impl Fn(Event) + Send + Sync,
+) -> Result<()> {
+    let mut command = tools.command(Tool::PgDumpall);
+    command
+        .arg("--globals-only")
+        .arg("--no-password")
+        .arg(format!("--dbname={}", target.tool_url()))
+        // pg_dumpall ignores the database of --dbname; -l names the one to
+        // connect to.
+        .arg(format!("--database={database}"))
+        .stdout(Stdio::piped());
+    if !options.role_passwords {
+        command.arg("--no-role-passwords");
+    }
+    target.configure_child(&mut command, options.connect_timeout);
+    let mut running = tools.spawn(Tool::PgDumpall, command)?;
+    let Some(stdout) = running.child_mut().stdout.take() else {
+        running.kill().await;
+        return Err(Error::ToolIo {
+            tool: "pg_dumpall",
+            context: "no output pipe from",
+            source: std::io::Error::other("stdout not captured"),
+        });
+    };
+    let bytes = |n| emit(Event::Bytes(n));
+    match writer
+        .put_file_with_progress(GLOBALS_FILE, stdout, Some(&bytes))
+        .await
+    {
+        Ok(_) => running.finish(|text| target.scrub(text)).await,
+        Err(e) => {
+            running.kill().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Checks that every data object is still in place (a `prune` with a grace
+/// period shorter than this backup could have removed them), then writes
+/// the manifest.
+async fn commit(
+    repo: &Repository,
+    writer: SnapshotWriter,
+    meta: &LogicalMeta,
+    epoch: Option<u64>,
+    finished: OffsetDateTime,
+) -> Result<Manifest> {
+    let store = repo.store().object_store();
+    for name in writer.files().keys() {
+        let path = layout::snapshot_file(writer.id(), name)?;
+        if let Err(e) = store.head(&path).await {
+            return Err(Error::Store(match e {
+                warmspare_store::object_store::Error::NotFound { .. } => {
+                    warmspare_store::Error::NotFound {
+                        path: path.to_string(),
+                    }
+                }
+                source => warmspare_store::Error::Store {
+                    path: path.to_string(),
+                    source,
+                },
+            }));
+        }
+    }
+    let meta = serde_json::to_value(meta).map_err(|e| Error::BadMeta {
+        id: writer.id().clone(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    Ok(writer.commit(meta, epoch, finished).await?)
+}

@@ -1,0 +1,212 @@
+//! [`prune()`]: the retention plan applied to a repository.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use warmspare_store::{Repository, SnapshotId, SnapshotKind};
+
+use crate::catalog::{self, SnapshotStatus, SnapshotSummary};
+use crate::error::{Error, Result};
+use crate::retention::{self, Delete, Plan, RetentionConfig};
+
+/// The default grace period of incomplete snapshots.
+pub const DEFAULT_INCOMPLETE_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+/// Options of [`prune()`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PruneOptions {
+    /// Incomplete snapshots (no manifest) younger than this are left alone:
+    /// they may be backups in progress. Must exceed the longest backup.
+    #[serde(with = "crate::serde_util::duration")]
+    pub incomplete_grace: Duration,
+    /// Plan only; delete nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PruneOptions {
+    fn default() -> Self {
+        Self {
+            incomplete_grace: DEFAULT_INCOMPLETE_GRACE,
+            dry_run: false,
+        }
+    }
+}
+
+impl PruneOptions {
+    /// Sets [`incomplete_grace`](Self::incomplete_grace).
+    pub fn with_incomplete_grace(mut self, grace: Duration) -> Self {
+        self.incomplete_grace = grace;
+        self
+    }
+    /// Sets [`dry_run`](Self::dry_run).
+    pub fn with_dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
+    }
+}
+
+/// Snapshots that retention considers together: one kind, one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotGroup {
+    /// Logical or physical.
+    pub kind: SnapshotKind,
+    /// `meta.database`, when recorded.
+    pub database: Option<String>,
+}
+
+/// The plan of one group.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupPlan {
+    /// The group.
+    pub group: SnapshotGroup,
+    /// What retention decided for it.
+    pub plan: Plan,
+}
+
+/// What [`prune()`] did (or, with `dry_run`, would do).
+#[derive(Debug, Default)]
+pub struct PruneReport {
+    /// One plan per group of committed snapshots.
+    pub groups: Vec<GroupPlan>,
+    /// Incomplete snapshots older than the grace period.
+    pub incomplete: Vec<Delete>,
+    /// Committed snapshots whose manifest cannot be read: never deleted,
+    /// listed for the operator.
+    pub unreadable: Vec<(SnapshotId, String)>,
+    /// Snapshots deleted (empty on a dry run).
+    pub deleted: Vec<SnapshotId>,
+    /// Objects deleted.
+    pub objects_deleted: u64,
+    /// Deletions that failed (each error names its object); the next prune
+    /// finishes them.
+    pub failures: Vec<(SnapshotId, Error)>,
+    /// Whether this was a dry run.
+    pub dry_run: bool,
+}
+
+impl PruneReport {
+    /// Every deletion the plan calls for, committed ones then incomplete.
+    pub fn planned_deletions(&self) -> impl Iterator<Item = &Delete> {
+        self.groups
+            .iter()
+            .flat_map(|g| g.plan.delete.iter())
+            .chain(self.incomplete.iter())
+    }
+
+    /// Whether every planned deletion succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Applies `config` to the repository's snapshots.
+///
+/// Retention is planned separately for each group of snapshots of one kind
+/// and one database ([`retention::plan`]), so that the snapshots of one
+/// database never push out those of another. Incomplete snapshots older than
+/// the grace period are removed ([`retention::plan_incomplete`]). A snapshot
+/// whose manifest cannot be read is kept and reported. Deleting a snapshot
+/// removes its manifest first, so it disappears from listings at once,
+/// then its data ([`catalog::delete`]).
+///
+/// WAL is not touched: the WAL archive's retention belongs with physical
+/// snapshots.
+pub async fn prune(
+    repo: &Repository,
+    config: &RetentionConfig,
+    options: &PruneOptions,
+    now: OffsetDateTime,
+) -> Result<PruneReport> {
+    let mut report = PruneReport {
+        dry_run: options.dry_run,
+        ..PruneReport::default()
+    };
+    let listed = catalog::list(repo, false).await?;
+    type Snapshots = Vec<(SnapshotId, OffsetDateTime)>;
+    let mut groups: BTreeMap<(String, Option<String>), (SnapshotGroup, Snapshots)> =
+        BTreeMap::new();
+    for summary in listed {
+        let SnapshotSummary {
+            id,
+            status,
+            kind,
+            started,
+            database,
+            ..
+        } = summary;
+        match (status, kind) {
+            (SnapshotStatus::Complete, Some(kind)) => groups
+                .entry((format!("{kind:?}"), database.clone()))
+                .or_insert_with(|| (SnapshotGroup { kind, database }, Vec::new()))
+                .1
+                .push((id, started)),
+            (SnapshotStatus::Unreadable(reason), _) => report.unreadable.push((id, reason)),
+            // Deleted meanwhile, or not understood: leave it.
+            _ => {}
+        }
+    }
+    for (group, snapshots) in groups.into_values() {
+        let plan = retention::plan(&snapshots, config);
+        report.groups.push(GroupPlan { group, plan });
+    }
+    let incomplete = repo.incomplete_snapshots().await?;
+    report.incomplete = retention::plan_incomplete(&incomplete, options.incomplete_grace, now);
+
+    if options.dry_run {
+        return Ok(report);
+    }
+    let committed: Vec<SnapshotId> = report
+        .groups
+        .iter()
+        .flat_map(|g| g.plan.delete.iter().map(|d| d.id.clone()))
+        .collect();
+    let abandoned: Vec<SnapshotId> = report.incomplete.iter().map(|d| d.id.clone()).collect();
+    let results: Vec<(SnapshotId, Result<u64>)> = futures::stream::iter(
+        committed
+            .into_iter()
+            .map(|id| (id, true))
+            .chain(abandoned.into_iter().map(|id| (id, false))),
+    )
+    .map(|(id, has_manifest)| async move {
+        let result = if has_manifest {
+            catalog::delete(repo, &id).await
+        } else {
+            delete_incomplete(repo, &id).await
+        };
+        Ok::<_, Error>((id, result))
+    })
+    .buffered(4)
+    .try_collect()
+    .await?;
+    for (id, result) in results {
+        match result {
+            Ok(objects) => {
+                report.objects_deleted += objects;
+                report.deleted.push(id);
+            }
+            Err(e) => report.failures.push((id, e)),
+        }
+    }
+    Ok(report)
+}
+
+/// Deletes an incomplete snapshot's objects, unless it committed since it
+/// was listed.
+async fn delete_incomplete(repo: &Repository, id: &SnapshotId) -> Result<u64> {
+    use warmspare_store::object_store::ObjectStoreExt;
+    let manifest = warmspare_store::layout::manifest(id);
+    match repo.store().object_store().head(&manifest).await {
+        Ok(_) => Ok(0),
+        Err(warmspare_store::object_store::Error::NotFound { .. }) => {
+            catalog::delete_objects(repo, id).await
+        }
+        Err(source) => Err(Error::Store(warmspare_store::Error::Store {
+            path: manifest.to_string(),
+            source,
+        })),
+    }
+}
