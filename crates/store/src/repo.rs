@@ -44,7 +44,16 @@ impl Repository {
     /// Initialises the repository if it has no `FORMAT` yet (create-if-absent,
     /// so concurrent inits agree on one `FORMAT`), then opens it. An existing
     /// `FORMAT` of another format or version is an error.
+    ///
+    /// An existing repository is opened without any write: on a backend that
+    /// ignores conditional headers (see [`crate::probe_cas`]) a blind
+    /// create-if-absent would overwrite it, so the write is reserved for an
+    /// empty location.
     pub async fn init(store: Store, now: OffsetDateTime) -> Result<Self> {
+        match Self::open(store.clone()).await {
+            Err(Error::NotARepository { .. }) => {}
+            opened => return opened,
+        }
         let path = layout::format();
         let bytes = FormatInfo::new(now).to_bytes();
         match store.cas().create(&path, bytes.into()).await {

@@ -58,7 +58,11 @@ impl Store {
                 })?;
                 let fs = LocalFileSystem::new_with_prefix(path)
                     .map_err(|e| Error::from_store(path.display().to_string(), e))?
-                    .with_fsync(true);
+                    .with_fsync(true)
+                    // Remove directories that a delete left empty, as an
+                    // object store would: otherwise a pruned snapshot's
+                    // empty directory lingers as an "incomplete snapshot".
+                    .with_automatic_cleanup(true);
                 let cas = LocalCas::new(path)?;
                 Ok(Self {
                     object_store: Arc::new(fs),
