@@ -1,0 +1,484 @@
+//! The mirror's state record: what warmspare knows about each target
+//! object, kept in the target itself at [`STATE_PATH`].
+//!
+//! One zstd-compressed JSON-lines object: a header line, then one entry per
+//! target object in key order:
+//!
+//! ```text
+//! {"format":"warmspare-sync-state","version":1,"source":"s3://primary"}
+//! {"k":"a/x.hart","n":1234,"h":"<sha256>","t":{"e":"\"etag\""},"s":{"e":"...","m":1700000000000000000}}
+//! ```
+//!
+//! `t` is the target object's version token (ETag, or modification time
+//! when the store has no ETag) as the target reported it when warmspare
+//! wrote or hashed the object; `h` is the SHA-256 of its bytes; `s` is the
+//! source object's token at that time. An entry is trusted only while the
+//! target's listing still shows the same size and token, and its source
+//! token only while the header names the same source and the source's
+//! listing shows the same size and token. So a stale, foreign or lost
+//! state costs hashing, never a wrong skip. Tokens are only ever compared
+//! with tokens of the same store.
+//!
+//! The record is read in 1 MiB ranges (each a separate request, pinned to
+//! one version with `If-Match`) and decoded as the merge consumes it, and
+//! written as a streaming upload that replaces the old one atomically at
+//! the end of the run: memory does not grow with the number of objects.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use async_compression::tokio::bufread::ZstdDecoder;
+use async_compression::tokio::write::ZstdEncoder;
+use bytes::Bytes;
+use futures::stream::{self, BoxStream, StreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWriteExt, ReadBuf};
+
+use crate::error::{Error, Result, Side};
+use crate::merge::Keyed;
+
+/// Where the state lives in the target.
+pub const STATE_PATH: &str = ".warmspare/sync/state.jsonl.zst";
+const FORMAT: &str = "warmspare-sync-state";
+const VERSION: u32 = 1;
+const CHUNK: u64 = 1024 * 1024;
+/// S3's minimum part size; small states go up in one PUT.
+const UPLOAD_BUFFER: usize = 5 * 1024 * 1024;
+
+/// A version token of an object in one store.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Token {
+    #[serde(rename = "e", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) e_tag: Option<String>,
+    /// Modification time, Unix nanoseconds.
+    #[serde(rename = "m", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) mtime: Option<i64>,
+}
+
+impl Token {
+    /// The token of a listed object.
+    pub(crate) fn of(meta: &ObjectMeta) -> Self {
+        Self {
+            e_tag: meta.e_tag.clone(),
+            mtime: meta.last_modified.timestamp_nanos_opt(),
+        }
+    }
+
+    /// The token of a version read with GET, comparable with later
+    /// listings: the listing's token when the GET saw the same version
+    /// (listings and GET headers differ in time precision on S3), else the
+    /// GET's ETag alone.
+    pub(crate) fn of_read(listed: &ObjectMeta, read: &ObjectMeta) -> Self {
+        if same_version(listed, read) {
+            Self::of(listed)
+        } else {
+            Self {
+                e_tag: read.e_tag.clone(),
+                mtime: None,
+            }
+        }
+    }
+
+    /// Whether `meta` (from a listing of the same store) shows this
+    /// version. A token without ETag and time matches nothing.
+    pub(crate) fn matches(&self, meta: &ObjectMeta) -> bool {
+        if self.e_tag.is_none() && self.mtime.is_none() {
+            return false;
+        }
+        if let Some(e) = &self.e_tag
+            && meta.e_tag.as_deref().map(normalize_etag) != Some(normalize_etag(e))
+        {
+            return false;
+        }
+        if let Some(m) = self.mtime
+            && meta.last_modified.timestamp_nanos_opt() != Some(m)
+        {
+            return false;
+        }
+        true
+    }
+}
+
+/// An ETag without quotes and weak marker.
+pub(crate) fn normalize_etag(e: &str) -> &str {
+    e.trim_start_matches("W/").trim_matches('"')
+}
+
+/// Whether two metas of the same store describe the same version: same
+/// size and ETag, or same size and time when there is no ETag.
+pub(crate) fn same_version(a: &ObjectMeta, b: &ObjectMeta) -> bool {
+    if a.size != b.size {
+        return false;
+    }
+    match (&a.e_tag, &b.e_tag) {
+        (Some(x), Some(y)) => normalize_etag(x) == normalize_etag(y),
+        (None, None) => a.last_modified == b.last_modified,
+        _ => false,
+    }
+}
+
+/// What warmspare knows about one target object.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StateEntry {
+    #[serde(rename = "k")]
+    pub(crate) key: String,
+    #[serde(rename = "n")]
+    pub(crate) size: u64,
+    #[serde(rename = "h")]
+    pub(crate) sha256: String,
+    #[serde(rename = "t")]
+    pub(crate) target: Token,
+    #[serde(rename = "s", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<Token>,
+}
+
+impl Keyed for StateEntry {
+    fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+impl StateEntry {
+    /// Whether the entry describes the target object as listed now.
+    pub(crate) fn describes_target(&self, target: &ObjectMeta) -> bool {
+        self.size == target.size && self.target.matches(target)
+    }
+
+    /// Whether the recorded source version is the source object as listed
+    /// now (only meaningful for the same source identity).
+    pub(crate) fn source_unchanged(&self, source: &ObjectMeta) -> bool {
+        self.size == source.size && self.source.as_ref().is_some_and(|t| t.matches(source))
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    format: String,
+    version: u32,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// A state record being read.
+pub(crate) struct StateReader {
+    /// The source identity the record was written for.
+    pub(crate) source: Option<String>,
+    /// The entries, in key order; an error ends them.
+    pub(crate) entries: BoxStream<'static, Result<StateEntry>>,
+}
+
+fn state_error(reason: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: STATE_PATH.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Opens the state of `target`; `Ok(None)` when there is none.
+pub(crate) async fn open(target: &Arc<dyn ObjectStore>) -> Result<Option<StateReader>> {
+    let path = Path::from(STATE_PATH);
+    let first = match target
+        .get_opts(
+            &path,
+            GetOptions {
+                range: Some(GetRange::Bounded(0..CHUNK)),
+                ..GetOptions::default()
+            },
+        )
+        .await
+    {
+        Ok(r) => r,
+        Err(object_store::Error::NotFound { .. }) => return Ok(None),
+        Err(source) => return Err(Error::object(Side::Target, STATE_PATH, "reading", source)),
+    };
+    let size = first.meta.size;
+    let e_tag = first.meta.e_tag.clone();
+    let head = first
+        .bytes()
+        .await
+        .map_err(|source| Error::object(Side::Target, STATE_PATH, "reading", source))?;
+    let chunks = ranged_chunks(Arc::clone(target), path, head, size, e_tag);
+    let decoder = ZstdDecoder::new(ChunkReader::new(chunks));
+    let mut lines = tokio::io::BufReader::new(decoder).lines();
+    let header_line = lines
+        .next_line()
+        .await
+        .map_err(|e| state_error(e.to_string()))?
+        .ok_or_else(|| state_error("empty"))?;
+    let header: Header =
+        serde_json::from_str(&header_line).map_err(|e| state_error(e.to_string()))?;
+    if header.format != FORMAT || header.version != VERSION {
+        return Err(state_error(format!(
+            "format {} version {} is not {FORMAT} version {VERSION}",
+            header.format, header.version
+        )));
+    }
+    let entries = stream::unfold(
+        (lines, None::<String>, false),
+        |(mut lines, previous, done)| async move {
+            if done {
+                return None;
+            }
+            let line = match lines.next_line().await {
+                Ok(Some(line)) => line,
+                Ok(None) => return None,
+                Err(e) => return Some((Err(state_error(e.to_string())), (lines, previous, true))),
+            };
+            match serde_json::from_str::<StateEntry>(&line) {
+                Ok(entry) if previous.as_deref().is_none_or(|p| p < entry.key.as_str()) => {
+                    let key = entry.key.clone();
+                    Some((Ok(entry), (lines, Some(key), false)))
+                }
+                Ok(entry) => Some((
+                    Err(state_error(format!("entry {} out of order", entry.key))),
+                    (lines, previous, true),
+                )),
+                Err(e) => Some((Err(state_error(e.to_string())), (lines, previous, true))),
+            }
+        },
+    )
+    .boxed();
+    Ok(Some(StateReader {
+        source: header.source,
+        entries,
+    }))
+}
+
+/// The bytes of the state object: the first chunk already read, then the
+/// rest in ranges pinned to the same version.
+fn ranged_chunks(
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    first: Bytes,
+    size: u64,
+    e_tag: Option<String>,
+) -> BoxStream<'static, io::Result<Bytes>> {
+    let offset = first.len() as u64;
+    stream::once(async move { Ok(first) })
+        .chain(stream::try_unfold(offset, move |offset| {
+            let store = Arc::clone(&store);
+            let path = path.clone();
+            let e_tag = e_tag.clone();
+            async move {
+                if offset >= size {
+                    return Ok(None);
+                }
+                let options = GetOptions {
+                    range: Some(GetRange::Bounded(offset..(offset + CHUNK).min(size))),
+                    if_match: e_tag,
+                    ..GetOptions::default()
+                };
+                let bytes = async { store.get_opts(&path, options).await?.bytes().await }
+                    .await
+                    .map_err(io::Error::other)?;
+                if bytes.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "state ended early",
+                    ));
+                }
+                let next = offset + bytes.len() as u64;
+                Ok(Some((bytes, next)))
+            }
+        }))
+        .boxed()
+}
+
+/// An `AsyncBufRead` over a stream of byte chunks.
+struct ChunkReader {
+    chunks: BoxStream<'static, io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChunkReader {
+    fn new(chunks: BoxStream<'static, io::Result<Bytes>>) -> Self {
+        Self {
+            chunks,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl AsyncRead for ChunkReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let available = ready!(Pin::new(&mut *this).poll_fill_buf(cx))?;
+        let n = available.len().min(buf.remaining());
+        buf.put_slice(&available[..n]);
+        Pin::new(this).consume(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncBufRead for ChunkReader {
+    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<&[u8]>> {
+        let this = self.get_mut();
+        while this.current.is_empty() {
+            match ready!(this.chunks.poll_next_unpin(cx)) {
+                Some(Ok(chunk)) => this.current = chunk,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => break,
+            }
+        }
+        Poll::Ready(Ok(&this.current[..]))
+    }
+
+    fn consume(self: Pin<&mut Self>, amt: usize) {
+        let this = self.get_mut();
+        let _ = this.current.split_to(amt.min(this.current.len()));
+    }
+}
+
+/// A new state record being written; replaces the old one atomically on
+/// [`StateWriter::finish`], leaves it untouched on [`StateWriter::abort`].
+pub(crate) struct StateWriter {
+    encoder: ZstdEncoder<BufWriter>,
+    line: Vec<u8>,
+}
+
+fn write_error(e: io::Error) -> Error {
+    let source = match e.downcast::<object_store::Error>() {
+        Ok(inner) => inner,
+        Err(e) => object_store::Error::Generic {
+            store: "state",
+            source: Box::new(e),
+        },
+    };
+    Error::object(Side::Target, STATE_PATH, "writing", source)
+}
+
+impl StateWriter {
+    pub(crate) async fn create(
+        target: &Arc<dyn ObjectStore>,
+        source: Option<String>,
+    ) -> Result<Self> {
+        let upload =
+            BufWriter::with_capacity(Arc::clone(target), Path::from(STATE_PATH), UPLOAD_BUFFER);
+        let mut writer = Self {
+            encoder: ZstdEncoder::new(upload),
+            line: Vec::with_capacity(256),
+        };
+        let header = Header {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            source,
+        };
+        writer.write_json(&header).await?;
+        Ok(writer)
+    }
+
+    async fn write_json<T: Serialize>(&mut self, value: &T) -> Result<()> {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, value).map_err(|e| state_error(e.to_string()))?;
+        self.line.push(b'\n');
+        self.encoder
+            .write_all(&self.line)
+            .await
+            .map_err(write_error)
+    }
+
+    /// Appends an entry; entries must come in key order.
+    pub(crate) async fn write(&mut self, entry: &StateEntry) -> Result<()> {
+        self.write_json(entry).await
+    }
+
+    /// Completes the upload: the new record replaces the old one.
+    pub(crate) async fn finish(mut self) -> Result<()> {
+        self.encoder.shutdown().await.map_err(write_error)
+    }
+
+    /// Drops the new record; the old one stays.
+    pub(crate) async fn abort(mut self) {
+        // Best effort: an incomplete multipart upload is all that can remain.
+        let _ = self.encoder.get_mut().abort().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    use object_store::memory::InMemory;
+
+    fn entry(i: usize) -> StateEntry {
+        StateEntry {
+            key: format!("k/{i:08}"),
+            size: i as u64,
+            sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(i.to_le_bytes())),
+            target: Token {
+                e_tag: Some(format!("\"t{i}\"")),
+                mtime: None,
+            },
+            source: Some(Token {
+                e_tag: Some(format!("s{i}")),
+                mtime: Some(i as i64),
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn roundtrip_over_many_ranges() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        assert!(open(&store).await.unwrap().is_none());
+        // Random-looking hashes compress poorly: the record spans ranges.
+        let n = 60_000;
+        let mut w = StateWriter::create(&store, Some("src".into()))
+            .await
+            .unwrap();
+        for i in 0..n {
+            w.write(&entry(i)).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        let size = store.head(&Path::from(STATE_PATH)).await.unwrap().size;
+        assert!(size > CHUNK, "{size}");
+
+        let reader = open(&store).await.unwrap().unwrap();
+        assert_eq!(reader.source.as_deref(), Some("src"));
+        let entries: Vec<StateEntry> = reader.entries.try_collect().await.unwrap();
+        assert_eq!(entries.len(), n);
+        assert_eq!(entries[n - 1], entry(n - 1));
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_not_a_state() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        store
+            .put(&Path::from(STATE_PATH), "not zstd".into())
+            .await
+            .unwrap();
+        assert!(open(&store).await.is_err());
+    }
+
+    #[test]
+    fn tokens_match_only_the_same_version() {
+        let meta = |e: Option<&str>, nanos: u64| {
+            let mut m = ObjectMeta {
+                location: Path::from("a"),
+                last_modified: Default::default(),
+                size: 3,
+                e_tag: e.map(str::to_string),
+                version: None,
+            };
+            m.last_modified += std::time::Duration::from_nanos(nanos);
+            m
+        };
+        let t = Token::of(&meta(Some("\"x\""), 5));
+        assert!(t.matches(&meta(Some("x"), 5)));
+        assert!(!t.matches(&meta(Some("y"), 5)));
+        assert!(!t.matches(&meta(Some("x"), 6)));
+        assert!(!Token::default().matches(&meta(None, 5)));
+        let read = meta(Some("x"), 0);
+        assert_eq!(Token::of_read(&meta(Some("x"), 5), &read).mtime, Some(5));
+        assert_eq!(Token::of_read(&meta(Some("z"), 5), &read).mtime, None);
+    }
+}

@@ -1,0 +1,13 @@
+//! Integration tests of `warmspare-replicate` against real stores: local
+//! directories and the test kit's S3 server (moto by default). S3 tests are
+//! skipped with a note when no S3 server is installed, unless
+//! `WARMSPARE_REQUIRE_S3` is set.
+
+#![allow(clippy::unwrap_used)]
+
+mod artifacts;
+mod common;
+mod faults;
+mod guards;
+mod mirror;
+mod reconcile;
