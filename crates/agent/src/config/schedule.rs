@@ -118,6 +118,18 @@ impl ScheduleConfig {
         .into_iter()
         .filter_map(|(name, s)| s.map(|s| (name, s)))
     }
+
+    /// The schedule of the job called `name`, if it has one.
+    pub fn get(&self, name: &str) -> Option<Schedule> {
+        match name {
+            "backup" => self.backup,
+            "sync" => self.sync,
+            "restore" => self.restore,
+            "verify" => self.verify,
+            "prune" => self.prune,
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -67,6 +67,7 @@ fn load(text: &str) -> Config {
 fn config_error(text: &str) -> ConfigError {
     match Config::from_toml_str(text, "test.toml") {
         Err(Error::Config(e)) => e,
+        Err(e) => panic!("not a configuration error: {e}"),
         Ok(_) => panic!("accepted:\n{text}"),
     }
 }

@@ -1,0 +1,449 @@
+//! [`Agent`]: the composition of the configuration, the scheduler and the
+//! HTTP endpoints, and how it starts and stops.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Secret};
+use crate::http::auth::TokenDigest;
+use crate::job::{JOB_NAMES, Job};
+use crate::state::{JobSlot, Shared};
+use crate::{Error, Result};
+
+/// Default limit on one run of a job.
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(6 * 60 * 60);
+/// Default time a cancelled run (timeout, shutdown) has to stop by itself
+/// before it is dropped.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(30);
+
+/// What the embedder decides beyond the configuration file: the site
+/// override, the token, the job implementations, timeouts and the clock.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use warmspare_agent::{AgentOptions, FnJob, JobOutcome};
+///
+/// let options = AgentOptions::new()
+///     .site("spare")
+///     .job(Arc::new(FnJob::new("sync", |_ctx| async { Ok(JobOutcome::done()) })))
+///     .job_timeout_for("sync", Duration::from_secs(600));
+/// # let _ = options;
+/// ```
+#[derive(Clone)]
+pub struct AgentOptions {
+    site: Option<String>,
+    listen: Option<SocketAddr>,
+    token: Option<Secret>,
+    jobs: Vec<Arc<dyn Job>>,
+    job_timeout: Duration,
+    job_timeouts: BTreeMap<String, Duration>,
+    cancel_grace: Duration,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            site: None,
+            listen: None,
+            token: None,
+            jobs: Vec::new(),
+            job_timeout: DEFAULT_JOB_TIMEOUT,
+            job_timeouts: BTreeMap::new(),
+            cancel_grace: DEFAULT_CANCEL_GRACE,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl fmt::Debug for AgentOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentOptions")
+            .field("site", &self.site)
+            .field("listen", &self.listen)
+            .field("token", &self.token)
+            .field(
+                "jobs",
+                &self.jobs.iter().map(|j| j.name()).collect::<Vec<_>>(),
+            )
+            .field("job_timeout", &self.job_timeout)
+            .field("job_timeouts", &self.job_timeouts)
+            .field("cancel_grace", &self.cancel_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentOptions {
+    /// Defaults: the config's site and listener, no token (mutating
+    /// endpoints refused), no jobs, [`DEFAULT_JOB_TIMEOUT`],
+    /// [`DEFAULT_CANCEL_GRACE`], the system clock.
+    pub fn new() -> Self {
+        AgentOptions::default()
+    }
+
+    /// Runs as site `name` instead of the config's `site` (`--site`).
+    pub fn site(mut self, name: impl Into<String>) -> Self {
+        self.site = Some(name.into());
+        self
+    }
+
+    /// Listens on `addr` instead of the config's `agent.listen` (port 0
+    /// picks a free port; see [`BoundAgent::local_addr`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = Some(addr);
+        self
+    }
+
+    /// The bearer token that `POST /pause`, `/resume` and `/failover`
+    /// require. Without one they answer 403.
+    pub fn token(mut self, token: Secret) -> Self {
+        self.token = Some(token);
+        self
+    }
+
+    /// Registers the implementation of a job; its name (one of
+    /// [`JOB_NAMES`]) picks its schedule from the config.
+    pub fn job(mut self, job: Arc<dyn Job>) -> Self {
+        self.jobs.push(job);
+        self
+    }
+
+    /// Limit on one run of any job (default [`DEFAULT_JOB_TIMEOUT`]).
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = timeout;
+        self
+    }
+
+    /// Limit on one run of the job `name`, overriding
+    /// [`AgentOptions::job_timeout`].
+    pub fn job_timeout_for(mut self, name: impl Into<String>, timeout: Duration) -> Self {
+        self.job_timeouts.insert(name.into(), timeout);
+        self
+    }
+
+    /// Time a cancelled run has to stop by itself before it is dropped,
+    /// and the HTTP server to finish requests at shutdown.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = grace;
+        self
+    }
+
+    /// The clock that schedules and timeouts follow.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// The agent of one site, configured and ready to bind its listener.
+///
+/// ```no_run
+/// # async fn example(config: warmspare_agent::Config) -> warmspare_agent::Result<()> {
+/// use warmspare_agent::{Agent, AgentOptions};
+///
+/// let shutdown = async { let _ = tokio::signal::ctrl_c().await; };
+/// Agent::new(config, AgentOptions::new())?.run(shutdown).await
+/// # }
+/// ```
+pub struct Agent {
+    shared: Arc<Shared>,
+    listen: SocketAddr,
+    cancel_grace: Duration,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("site", &self.shared.site)
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Checks the configuration and options and builds the agent; nothing
+    /// runs until [`Agent::run`] or [`Agent::bind`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] when the configuration is invalid, names no site
+    /// or an unknown one; [`Error::Options`] for an unknown or twice
+    /// registered job name, an empty token, or a zero timeout.
+    pub fn new(mut config: Config, options: AgentOptions) -> Result<Agent> {
+        if let Some(site) = &options.site {
+            config.select_site(site)?;
+        }
+        config.validate()?;
+        let site = match config.current_site() {
+            Some((name, _)) => name.to_owned(),
+            None => {
+                return Err(Error::Config(crate::config::ConfigError {
+                    origin: "configuration".into(),
+                    line: None,
+                    column: None,
+                    key: Some("site".into()),
+                    message: "the agent needs to know which site it is: set `site` or pass --site"
+                        .into(),
+                }));
+            }
+        };
+
+        let invalid = |message: String| Err(Error::Options(message));
+        if options
+            .token
+            .as_ref()
+            .is_some_and(|t| t.expose().trim().is_empty())
+        {
+            return invalid("the bearer token is empty".into());
+        }
+        if options.job_timeout.is_zero() || options.job_timeouts.values().any(Duration::is_zero) {
+            return invalid("job timeouts must be greater than zero".into());
+        }
+        for name in options.job_timeouts.keys() {
+            if !JOB_NAMES.contains(&name.as_str()) {
+                return invalid(format!("timeout for unknown job `{name}`"));
+            }
+        }
+        let mut registered: BTreeMap<&str, Arc<dyn Job>> = BTreeMap::new();
+        for job in &options.jobs {
+            let name = job.name();
+            if !JOB_NAMES.contains(&name) {
+                return invalid(format!(
+                    "unknown job `{name}` (the jobs are {})",
+                    JOB_NAMES.join(", ")
+                ));
+            }
+            if registered.insert(name, job.clone()).is_some() {
+                return invalid(format!("job `{name}` is registered twice"));
+            }
+        }
+
+        let mut jobs = Vec::new();
+        for name in JOB_NAMES {
+            let schedule = config.schedule.get(name);
+            let job = registered.remove(name);
+            if schedule.is_none() && job.is_none() {
+                continue;
+            }
+            let timeout = options
+                .job_timeouts
+                .get(name)
+                .copied()
+                .unwrap_or(options.job_timeout);
+            jobs.push(JobSlot::new(name, schedule, job, timeout));
+        }
+
+        let clock = options.clock;
+        let shared = Shared {
+            site,
+            started_at: clock.now(),
+            clock,
+            jobs,
+            paused: watch::Sender::new(false),
+            token: options.token.as_ref().map(TokenDigest::new),
+        };
+        Ok(Agent {
+            shared: Arc::new(shared),
+            listen: options.listen.unwrap_or(config.agent.listen),
+            cancel_grace: options.cancel_grace,
+        })
+    }
+
+    /// The site this agent runs as.
+    pub fn site(&self) -> &str {
+        &self.shared.site
+    }
+
+    /// The jobs the configuration schedules but no implementation was
+    /// registered for: they never run, and `/status` says `not_available`.
+    pub fn unavailable_jobs(&self) -> Vec<&str> {
+        self.shared
+            .jobs
+            .iter()
+            .filter(|slot| slot.job.is_none())
+            .map(|slot| &*slot.name)
+            .collect()
+    }
+
+    /// Binds the listener; the agent then runs with [`BoundAgent::run`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bind`] when the address cannot be bound.
+    pub async fn bind(self) -> Result<BoundAgent> {
+        let listener = TcpListener::bind(self.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: self.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: self.listen,
+            source,
+        })?;
+        Ok(BoundAgent {
+            agent: self,
+            listener,
+            local_addr,
+        })
+    }
+
+    /// Binds, serves and schedules until `shutdown` completes; see
+    /// [`BoundAgent::run`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Bind`] when the listener cannot be bound.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.bind().await?.run(shutdown).await
+    }
+}
+
+/// An [`Agent`] whose listener is bound.
+#[derive(Debug)]
+pub struct BoundAgent {
+    agent: Agent,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl BoundAgent {
+    /// The address the HTTP endpoints are served on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves the endpoints and runs the schedules until `shutdown`
+    /// completes. Then it stops scheduling and accepting connections,
+    /// asks running jobs to cancel, waits up to the cancel grace period for
+    /// them (dropping those that do not stop), and returns.
+    ///
+    /// # Errors
+    ///
+    /// None today; the `Result` leaves room for the failover driver.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let BoundAgent {
+            agent,
+            listener,
+            local_addr,
+        } = self;
+        let shared = agent.shared;
+        for slot in &shared.jobs {
+            tracing::info!(
+                job = %slot.name,
+                schedule = slot.schedule.map(|s| s.to_string()),
+                available = slot.job.is_some(),
+                "job"
+            );
+        }
+        tracing::info!(site = %shared.site, listen = %local_addr, "agent started");
+
+        let (stop, stopped) = watch::channel(false);
+        let scheduler = crate::scheduler::run(shared.clone(), stopped.clone(), agent.cancel_grace);
+        let server = crate::http::serve(listener, shared.clone(), stopped, agent.cancel_grace);
+        let trigger = async {
+            shutdown.await;
+            tracing::info!("shutting down");
+            let _ = stop.send(true);
+        };
+        tokio::join!(scheduler, server, trigger);
+        tracing::info!("agent stopped");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FnJob, JobOutcome};
+
+    fn config(site: Option<&str>) -> Config {
+        let site = site
+            .map(|s| format!("site = \"{s}\"\n"))
+            .unwrap_or_default();
+        Config::from_toml_str(
+            &format!(
+                "{site}[repository]\nurl = \"file:///r\"\n\
+                 [sites.primary]\ndatabase = \"postgres://u@h/d\"\n\
+                 [sites.spare]\ndatabase = \"postgres://u@h/d\"\n\
+                 [schedule]\nbackup = \"every 1m\"\nverify = \"0 3 * * *\"\n"
+            ),
+            "t.toml",
+        )
+        .unwrap()
+    }
+
+    fn job(name: &str) -> Arc<dyn Job> {
+        Arc::new(FnJob::new(name, |_| async { Ok(JobOutcome::done()) }))
+    }
+
+    fn refused(config: Config, options: AgentOptions) -> String {
+        Agent::new(config, options).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_site_comes_from_the_config_or_the_override() {
+        let agent = Agent::new(config(Some("primary")), AgentOptions::new()).unwrap();
+        assert_eq!(agent.site(), "primary");
+        let agent = Agent::new(config(Some("primary")), AgentOptions::new().site("spare")).unwrap();
+        assert_eq!(agent.site(), "spare");
+        let err = refused(config(None), AgentOptions::new());
+        assert!(
+            err.contains("key `site`") && err.contains("--site"),
+            "{err}"
+        );
+        let err = refused(config(None), AgentOptions::new().site("elsewhere"));
+        assert!(err.contains("\"elsewhere\""), "{err}");
+    }
+
+    #[test]
+    fn jobs_are_matched_to_schedules_by_name() {
+        let agent = Agent::new(
+            config(Some("spare")),
+            AgentOptions::new().job(job("backup")).job(job("prune")),
+        )
+        .unwrap();
+        let names: Vec<_> = agent.shared.jobs.iter().map(|s| &*s.name).collect();
+        assert_eq!(names, ["backup", "verify", "prune"]);
+        assert_eq!(agent.unavailable_jobs(), ["verify"]);
+        assert!(agent.shared.jobs[0].is_schedulable());
+        assert!(
+            !agent.shared.jobs[2].is_schedulable(),
+            "prune has no schedule"
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        let c = || config(Some("spare"));
+        let err = refused(c(), AgentOptions::new().job(job("backups")));
+        assert!(err.contains("unknown job `backups`"), "{err}");
+        let err = refused(c(), AgentOptions::new().job(job("sync")).job(job("sync")));
+        assert!(err.contains("registered twice"), "{err}");
+        let err = refused(c(), AgentOptions::new().token(Secret::new(" \n")));
+        assert!(err.contains("token is empty"), "{err}");
+        let err = refused(c(), AgentOptions::new().job_timeout(Duration::ZERO));
+        assert!(err.contains("greater than zero"), "{err}");
+        let err = refused(
+            c(),
+            AgentOptions::new().job_timeout_for("nope", Duration::from_secs(1)),
+        );
+        assert!(err.contains("unknown job `nope`"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let options = AgentOptions::new().token(Secret::new("hunter2-token"));
+        let text = format!("{options:?}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

@@ -1,0 +1,270 @@
+//! The agent's HTTP endpoints, served with hyper's HTTP/1.1 server.
+//!
+//! | endpoint | answer |
+//! | --- | --- |
+//! | `GET /health` | 200, JSON: the agent is up, one check per job |
+//! | `GET /active` | 503 until a failover driver decides this site holds the lease |
+//! | `GET /standby` | 503 until a failover driver decides this site is a healthy spare |
+//! | `GET /status` | 200, JSON: site, jobs (last outcome, next run), lease |
+//! | `GET /metrics` | 200, Prometheus text format 0.0.4 |
+//! | `POST /pause`, `/resume` | bearer token; pause or resume the scheduler |
+//! | `POST /failover` | bearer token; 503 until a failover driver exists |
+//!
+//! `HEAD` is accepted wherever `GET` is. Other methods get 405 with
+//! `Allow`, other paths 404. Mutating endpoints answer 403 when no token is
+//! configured and 401 without the right one. Request heads are limited to
+//! 16 KiB, bodies to 64 KiB, connections to 256 at a time.
+
+pub(crate) mod auth;
+mod metrics;
+mod views;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::state::{Shared, raised};
+use auth::Verdict;
+
+/// Largest request body accepted (mutating endpoints take none).
+const MAX_BODY: usize = 64 * 1024;
+/// Largest request head (request line and headers).
+const MAX_HEAD: usize = 16 * 1024;
+/// Connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 256;
+/// Time a client has to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Why `/active`, `/standby` and `/failover` cannot answer yet.
+pub(crate) const NO_DRIVER: &str = "failover driver not running";
+
+type Body = Full<Bytes>;
+
+/// Serves on `listener` until `stop` turns true; then finishes the requests
+/// in progress (for up to `grace`) and returns.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = raised(&mut stop) => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let Ok(slot) = slots.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "too many connections; closing a new one");
+                        continue;
+                    };
+                    let shared = shared.clone();
+                    let stop = stop.clone();
+                    connections.spawn(async move {
+                        connection(stream, peer, shared, stop).await;
+                        drop(slot);
+                    });
+                }
+                Err(error) => {
+                    // Usually out of file descriptors: back off instead of
+                    // spinning on the error.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!("closing HTTP connections that did not finish in time");
+    }
+}
+
+/// Serves one connection; on `stop`, finishes the request in progress and
+/// closes it.
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let service = service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(route(&shared, peer, request).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = raised(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%peer, %error, "HTTP connection ended with an error");
+    }
+}
+
+/// Answers one request.
+async fn route(shared: &Shared, peer: SocketAddr, request: Request<Incoming>) -> Response<Body> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = match path.as_str() {
+        "/health" | "/active" | "/standby" | "/status" | "/metrics" => {
+            if method == Method::GET || method == Method::HEAD {
+                read_only(shared, &path)
+            } else {
+                method_not_allowed("GET, HEAD")
+            }
+        }
+        "/pause" | "/resume" | "/failover" => {
+            if method == Method::POST {
+                mutating(shared, peer, &path, request).await
+            } else {
+                method_not_allowed("POST")
+            }
+        }
+        _ => json_response(StatusCode::NOT_FOUND, &json!({ "error": "not found" })),
+    };
+    tracing::debug!(%peer, %method, path, status = response.status().as_u16(), "request");
+    response
+}
+
+fn read_only(shared: &Shared, path: &str) -> Response<Body> {
+    let view = shared.view();
+    match path {
+        "/health" => json_response(StatusCode::OK, &views::health(&view)),
+        "/status" => json_response(StatusCode::OK, &views::status(&view)),
+        "/metrics" => response(
+            StatusCode::OK,
+            metrics::CONTENT_TYPE,
+            metrics::render(&view),
+        ),
+        // Without a failover driver, no site may claim to be active or a
+        // ready standby: load balancers must not be told otherwise.
+        "/active" => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "site": view.site, "active": false, "reason": NO_DRIVER }),
+        ),
+        _ => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "site": view.site, "standby": false, "reason": NO_DRIVER }),
+        ),
+    }
+}
+
+async fn mutating(
+    shared: &Shared,
+    peer: SocketAddr,
+    path: &str,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    match auth::check(shared.token.as_ref(), authorization) {
+        Verdict::Allowed => {}
+        Verdict::NotConfigured => {
+            tracing::warn!(%peer, path, "refused: no token is configured for mutating endpoints");
+            return json_response(
+                StatusCode::FORBIDDEN,
+                &json!({ "error": "no token configured: mutating endpoints are disabled" }),
+            );
+        }
+        verdict => {
+            let error = if verdict == Verdict::Missing {
+                "missing bearer token"
+            } else {
+                "wrong bearer token"
+            };
+            tracing::warn!(%peer, path, "refused: {error}");
+            let mut response = json_response(StatusCode::UNAUTHORIZED, &json!({ "error": error }));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"warmspare\""),
+            );
+            return response;
+        }
+    }
+    // A declared length over the limit is refused before reading a byte.
+    let declared = request.body().size_hint().lower();
+    if declared > MAX_BODY as u64
+        || Limited::new(request.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .is_err()
+    {
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({ "error": format!("request body larger than {MAX_BODY} bytes or unreadable") }),
+        );
+    }
+    match path {
+        "/pause" => {
+            if !shared.paused.send_replace(true) {
+                tracing::info!(%peer, "scheduler paused");
+            }
+            json_response(StatusCode::OK, &json!({ "paused": true }))
+        }
+        "/resume" => {
+            if shared.paused.send_replace(false) {
+                tracing::info!(%peer, "scheduler resumed");
+            }
+            json_response(StatusCode::OK, &json!({ "paused": false }))
+        }
+        _ => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": NO_DRIVER }),
+        ),
+    }
+}
+
+fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = json_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &json!({ "error": "method not allowed" }),
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut text = body.to_string();
+    text.push('\n');
+    response(status, "application/json", text)
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

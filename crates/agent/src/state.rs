@@ -1,0 +1,208 @@
+//! What the agent knows about itself: the jobs, their last runs, whether
+//! the scheduler is paused. The scheduler writes it, the HTTP endpoints read
+//! consistent copies of it ([`Shared::view`]).
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::config::Schedule;
+use crate::job::Job;
+
+/// State shared by the scheduler and the HTTP server.
+pub(crate) struct Shared {
+    pub(crate) site: String,
+    pub(crate) started_at: OffsetDateTime,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// In the fixed order of [`crate::job::JOB_NAMES`].
+    pub(crate) jobs: Vec<JobSlot>,
+    pub(crate) paused: watch::Sender<bool>,
+    /// The SHA-256 of the bearer token, if one was configured.
+    pub(crate) token: Option<crate::http::auth::TokenDigest>,
+}
+
+/// One job the agent knows of: scheduled, registered, or both.
+pub(crate) struct JobSlot {
+    pub(crate) name: Arc<str>,
+    pub(crate) schedule: Option<Schedule>,
+    pub(crate) job: Option<Arc<dyn Job>>,
+    pub(crate) timeout: Duration,
+    record: Mutex<JobRecord>,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum JobState {
+    /// Scheduled, but nothing implements it in this build: it never runs.
+    NotAvailable,
+    /// Implemented, but the configuration gives it no schedule.
+    Unscheduled,
+    /// Waiting for its next run.
+    Idle,
+    /// A run is in progress.
+    Running,
+}
+
+impl JobState {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            JobState::NotAvailable => "not_available",
+            JobState::Unscheduled => "unscheduled",
+            JobState::Idle => "idle",
+            JobState::Running => "running",
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunOutcome {
+    Succeeded,
+    Failed,
+    TimedOut,
+    Cancelled,
+}
+
+impl RunOutcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::TimedOut => "timed_out",
+            RunOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the run counts in `warmspare_job_failures_total`.
+    /// Cancellation at shutdown is not a failure of the job.
+    pub(crate) fn is_failure(self) -> bool {
+        matches!(self, RunOutcome::Failed | RunOutcome::TimedOut)
+    }
+}
+
+/// The record of one job's runs.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct JobRecord {
+    pub(crate) running: bool,
+    pub(crate) next_run: Option<OffsetDateTime>,
+    pub(crate) last_start: Option<OffsetDateTime>,
+    pub(crate) last_finish: Option<OffsetDateTime>,
+    pub(crate) last_outcome: Option<RunOutcome>,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_summary: Option<String>,
+    pub(crate) last_success: Option<OffsetDateTime>,
+    /// Runs that finished, whatever the outcome.
+    pub(crate) runs: u64,
+    /// Runs that failed or timed out.
+    pub(crate) failures: u64,
+    /// Due times skipped because the previous run was still going.
+    pub(crate) skipped_overlap: u64,
+    /// Due times skipped because the scheduler was paused.
+    pub(crate) skipped_paused: u64,
+}
+
+impl JobSlot {
+    pub(crate) fn new(
+        name: &str,
+        schedule: Option<Schedule>,
+        job: Option<Arc<dyn Job>>,
+        timeout: Duration,
+    ) -> Self {
+        JobSlot {
+            name: name.into(),
+            schedule,
+            job,
+            timeout,
+            record: Mutex::new(JobRecord::default()),
+        }
+    }
+
+    /// The record, even if a panicking holder poisoned the lock (every
+    /// update leaves it consistent).
+    pub(crate) fn record(&self) -> MutexGuard<'_, JobRecord> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the scheduler runs this job.
+    pub(crate) fn is_schedulable(&self) -> bool {
+        self.schedule.is_some() && self.job.is_some()
+    }
+
+    fn state(&self, record: &JobRecord) -> JobState {
+        match (&self.job, &self.schedule) {
+            (None, _) => JobState::NotAvailable,
+            _ if record.running => JobState::Running,
+            (Some(_), None) => JobState::Unscheduled,
+            (Some(_), Some(_)) => JobState::Idle,
+        }
+    }
+}
+
+/// A consistent copy of the state at one instant, for rendering.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub(crate) site: String,
+    pub(crate) started_at: OffsetDateTime,
+    pub(crate) now: OffsetDateTime,
+    pub(crate) paused: bool,
+    pub(crate) jobs: Vec<JobView>,
+    /// The age of the newest state the spare holds; unknown until the
+    /// replication and snapshot jobs report it.
+    pub(crate) rpo_seconds: Option<f64>,
+    /// The lease epoch; unknown until the failover driver runs.
+    pub(crate) lease_epoch: Option<u64>,
+}
+
+/// One job in a [`View`].
+#[derive(Debug, Clone)]
+pub(crate) struct JobView {
+    pub(crate) name: Arc<str>,
+    pub(crate) schedule: Option<Schedule>,
+    pub(crate) state: JobState,
+    pub(crate) record: JobRecord,
+}
+
+impl Shared {
+    pub(crate) fn is_paused(&self) -> bool {
+        *self.paused.borrow()
+    }
+
+    pub(crate) fn view(&self) -> View {
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|slot| {
+                let record = slot.record().clone();
+                JobView {
+                    name: slot.name.clone(),
+                    schedule: slot.schedule,
+                    state: slot.state(&record),
+                    record,
+                }
+            })
+            .collect();
+        View {
+            site: self.site.clone(),
+            started_at: self.started_at,
+            now: self.clock.now(),
+            paused: self.is_paused(),
+            jobs,
+            // Nothing measures these yet: no snapshot or replication job
+            // and no failover driver is wired into the agent. They stay
+            // unknown rather than a made-up zero.
+            rpo_seconds: None,
+            lease_epoch: None,
+        }
+    }
+}
+
+/// Completes once `flag` reads true, or never if its sender is gone.
+/// Returns nothing, so no borrow of the channel outlives it.
+pub(crate) async fn raised(flag: &mut watch::Receiver<bool>) {
+    if flag.wait_for(|raised| *raised).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
