@@ -9,6 +9,8 @@
 
 mod cmd;
 mod output;
+mod progress;
+mod repo;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +49,16 @@ enum Command {
     Init(cmd::init::Args),
     /// Validate the configuration and reach every endpoint; a table of what works.
     Check(cmd::check::Args),
+    /// Take a snapshot into the repository (`backup db`).
+    Backup(cmd::backup::Args),
+    /// The repository's snapshots, newest first.
+    List(cmd::list::Args),
+    /// Restore a snapshot (`restore db ID|latest --to DATABASE_URL`).
+    Restore(cmd::restore::Args),
+    /// Re-read a snapshot and check its digests; --deep also restores it into a scratch server.
+    Verify(cmd::verify::Args),
+    /// Delete the snapshots that the [retention] policy does not keep.
+    Prune(cmd::prune::Args),
 }
 
 /// Options every command sees.
@@ -97,6 +109,11 @@ fn run() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Init(args) => cmd::init::run(&global, args),
         Command::Check(args) => cmd::check::run(&global, args),
+        Command::Backup(args) => cmd::backup::run(&global, args),
+        Command::List(args) => cmd::list::run(&global, args),
+        Command::Restore(args) => cmd::restore::run(&global, args),
+        Command::Verify(args) => cmd::verify::run(&global, args),
+        Command::Prune(args) => cmd::prune::run(&global, args),
     }
 }
 

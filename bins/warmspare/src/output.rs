@@ -61,6 +61,16 @@ impl Row {
         }
     }
 
+    /// The row's cells in table order: check, target, status, detail.
+    pub(crate) fn cells(&self) -> [&str; 4] {
+        [
+            self.check.as_str(),
+            self.target.as_str(),
+            self.status.label(),
+            self.detail.as_str(),
+        ]
+    }
+
     /// Replaces every occurrence of each secret in the row's text by `***`.
     pub(crate) fn scrub(&mut self, secrets: &[String]) {
         for field in [&mut self.check, &mut self.target, &mut self.detail] {
@@ -80,23 +90,14 @@ pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
     text
 }
 
-/// Writes rows as an aligned table with a header line.
-pub(crate) fn write_table(
+/// Writes rows as an aligned table with a header line; the last column is
+/// not padded.
+pub(crate) fn write_table<'a, const N: usize>(
     out: &mut impl Write,
-    headers: [&str; 4],
-    rows: &[Row],
+    headers: [&str; N],
+    rows: impl IntoIterator<Item = [&'a str; N]>,
 ) -> io::Result<()> {
-    let cells: Vec<[&str; 4]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.check.as_str(),
-                r.target.as_str(),
-                r.status.label(),
-                r.detail.as_str(),
-            ]
-        })
-        .collect();
+    let cells: Vec<[&str; N]> = rows.into_iter().collect();
     let mut widths = headers.map(|h| h.chars().count());
     for row in &cells {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -106,10 +107,8 @@ pub(crate) fn write_table(
     for line in std::iter::once(&headers).chain(&cells) {
         let mut text = String::new();
         for (i, cell) in line.iter().enumerate() {
-            if i + 1 == line.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(cell);
+            text.push_str(cell);
+            if i + 1 < line.len() {
                 let pad = widths[i] - cell.chars().count() + 2;
                 text.extend(std::iter::repeat_n(' ', pad));
             }
@@ -123,6 +122,70 @@ pub(crate) fn write_table(
 pub(crate) fn write_json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
     serde_json::to_writer_pretty(&mut *out, value)?;
     writeln!(out)
+}
+
+/// An error and its sources on one line, without repeating a source that
+/// the message already contains.
+pub(crate) fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A byte count for people: `512 B`, `1.5 KiB`, `12.3 MiB`.
+pub(crate) fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    #[allow(clippy::cast_precision_loss)] // Display only.
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A duration for people: `0.4s`, `12.0s`, `3m 12s`, `2h 5m 0s`.
+pub(crate) fn duration(d: std::time::Duration) -> String {
+    if d.as_secs() < 60 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        humantime::format_duration(std::time::Duration::from_secs(d.as_secs())).to_string()
+    }
+}
+
+/// A snapshot kind for tables.
+pub(crate) fn kind(kind: warmspare_store::SnapshotKind) -> &'static str {
+    match kind {
+        warmspare_store::SnapshotKind::Logical => "logical",
+        warmspare_store::SnapshotKind::Physical => "physical",
+        _ => "other",
+    }
+}
+
+/// A UTC time for tables: `2026-11-22 12:00:03`.
+pub(crate) fn time(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
 }
 
 #[cfg(test)]
@@ -140,7 +203,12 @@ mod tests {
             ),
         ];
         let mut out = Vec::new();
-        write_table(&mut out, ["CHECK", "TARGET", "STATUS", "DETAIL"], &rows).unwrap();
+        write_table(
+            &mut out,
+            ["CHECK", "TARGET", "STATUS", "DETAIL"],
+            rows.iter().map(Row::cells),
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3);
@@ -159,6 +227,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v[0]["status"], "failed");
         assert_eq!(v[0]["check"], "c");
+    }
+
+    #[test]
+    fn human_units() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(duration(std::time::Duration::from_millis(400)), "0.4s");
+        assert_eq!(duration(std::time::Duration::from_secs(192)), "3m 12s");
+        let t = time::macros::datetime!(2026-11-22 13:00:03 +01:00);
+        assert_eq!(time(t), "2026-11-22 12:00:03");
     }
 
     #[test]

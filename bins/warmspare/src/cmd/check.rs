@@ -9,14 +9,14 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use warmspare_agent::Config;
 use warmspare_agent::config::SiteConfig;
 use warmspare_failover::probe::ProbeError;
 use warmspare_failover::probe::postgres;
 use warmspare_store::{CheckStatus, Location, Store, StoreConfig};
 
-use crate::output::{self, Row, Status};
+use super::parse_duration;
+use crate::output::{self, Row, Status, one_line};
 use crate::{EXIT_FAILED, EXIT_OK, Global};
 
 #[derive(Debug, clap::Args)]
@@ -26,21 +26,9 @@ pub(crate) struct Args {
     timeout: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    match humantime::parse_duration(text) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err("must be greater than zero".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let config = super::load_config(global)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = super::runtime()?;
     let mut rows = vec![config_row(global, &config)];
     rows.extend(runtime.block_on(run_checks(&config, args.timeout)));
     // The rows are built from redacted targets and secret-free errors;
@@ -54,7 +42,11 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if global.json {
         output::write_json(&mut stdout, &rows)?;
     } else {
-        output::write_table(&mut stdout, ["CHECK", "TARGET", "STATUS", "DETAIL"], &rows)?;
+        output::write_table(
+            &mut stdout,
+            ["CHECK", "TARGET", "STATUS", "DETAIL"],
+            rows.iter().map(Row::cells),
+        )?;
     }
     let count = |status| rows.iter().filter(|r| r.status == status).count();
     let (ok, failed, skipped) = (
@@ -291,32 +283,9 @@ async fn artifacts_row(
     }
 }
 
-/// An error and its sources on one line, without repeating a source that
-/// the message already contains.
-fn one_line(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
-    }
 
     #[test]
     fn store_retries_fit_the_limit() {

@@ -132,13 +132,11 @@ mod tests {
             "listen",
             "token_file",
         ] {
-            let shown = TEMPLATE
-                .lines()
-                .any(|l| {
-                    l.trim_start_matches('#')
-                        .trim_start()
-                        .starts_with(&format!("{key} = "))
-                });
+            let shown = TEMPLATE.lines().any(|l| {
+                l.trim_start_matches('#')
+                    .trim_start()
+                    .starts_with(&format!("{key} = "))
+            });
             assert!(shown, "{key} is missing from the template");
         }
     }

@@ -1,8 +1,16 @@
 //! One module per command.
 
+pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod init;
+pub(crate) mod list;
+pub(crate) mod prune;
+pub(crate) mod restore;
+pub(crate) mod verify;
 
+use std::time::Duration;
+
+use anyhow::Context as _;
 use warmspare_agent::Config;
 
 use crate::{Global, UsageError};
@@ -37,4 +45,35 @@ pub(crate) fn load_config(global: &Global) -> anyhow::Result<Config> {
         config.select_site(site)?;
     }
     Ok(config)
+}
+
+/// The async runtime every command that does I/O runs on: two workers,
+/// like the machines warmspare is sized for.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Parses a humantime duration greater than zero (`"10s"`, `"1h 30m"`).
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be greater than zero".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
 }

@@ -15,7 +15,7 @@ const REPOSITORY_ROWS: [&str; 5] = [
 ];
 
 /// A loopback port with nothing listening on it.
-fn closed_port() -> u16 {
+pub(crate) fn closed_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }

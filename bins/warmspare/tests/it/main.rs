@@ -4,6 +4,7 @@
 
 mod check;
 mod init;
+mod snapshots;
 
 use std::path::Path;
 use std::process::Stdio;

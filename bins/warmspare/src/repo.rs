@@ -1,0 +1,216 @@
+//! What the snapshot commands share: opening the repository that the
+//! configuration names, where PostgreSQL's client programs are, and turning
+//! the libraries' errors into one scrubbed line with the right exit code.
+
+use std::path::PathBuf;
+
+use time::OffsetDateTime;
+use warmspare_agent::Config;
+use warmspare_agent::config::SiteConfig;
+use warmspare_snapshot::Error;
+use warmspare_store::{Repository, Store};
+
+use crate::UsageError;
+use crate::output::{one_line, scrub};
+
+/// Where `pg_dump`, `pg_dumpall` and `pg_restore` are.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct PgTools {
+    /// The directory holding PostgreSQL's client programs (pg_dump,
+    /// pg_restore) [default: the executable search path].
+    #[arg(long, value_name = "DIR", env = "WARMSPARE_PG_BIN_DIR")]
+    pub(crate) pg_bin_dir: Option<PathBuf>,
+}
+
+/// How [`open`] treats a location without a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Open {
+    /// Initialise it (`Repository::init`, create-if-absent): backups.
+    OrInit,
+    /// Refuse it: everything that reads.
+    Existing,
+}
+
+/// Opens the configured repository.
+///
+/// A location that holds no repository is a usage error (exit code 2) for
+/// the reading commands: either `[repository] url` is wrong, or no backup
+/// has been taken yet.
+pub(crate) async fn open(
+    config: &Config,
+    mode: Open,
+    secrets: &[String],
+) -> anyhow::Result<Repository> {
+    let store = Store::open(&config.repository.store_config())
+        .map_err(|e| failure(&Error::Store(e), secrets))?;
+    let url = store.display_url();
+    let opened = match mode {
+        Open::OrInit => Repository::init(store, OffsetDateTime::now_utc()).await,
+        Open::Existing => Repository::open(store).await,
+    };
+    opened.map_err(|e| match e {
+        warmspare_store::Error::NotARepository { .. } => UsageError(format!(
+            "{url} holds no warmspare repository yet (no FORMAT object): \
+             check [repository] url, or take a first backup with `warmspare backup db`"
+        ))
+        .into(),
+        other => failure(&Error::Store(other), secrets),
+    })
+}
+
+/// The site whose database `backup db` dumps: the current site (`--site`
+/// or `site = ...`), or the only site when there is just one.
+pub(crate) fn current_site(config: &Config) -> anyhow::Result<(&str, &SiteConfig)> {
+    if let Some(site) = config.current_site() {
+        return Ok(site);
+    }
+    let mut sites = config.sites.iter();
+    match (sites.next(), sites.next()) {
+        (Some((name, site)), None) => Ok((name.as_str(), site)),
+        (None, _) => Err(UsageError("the configuration has no [sites.*] table".into()).into()),
+        _ => {
+            let known: Vec<&str> = config.sites.keys().map(String::as_str).collect();
+            Err(UsageError(format!(
+                "which site is this? set `site = \"...\"` in the configuration or pass --site \
+                 (one of: {})",
+                known.join(", ")
+            ))
+            .into())
+        }
+    }
+}
+
+/// The configuration's secrets plus the passwords in `urls` (targets given
+/// on the command line), for scrubbing what is about to be shown.
+pub(crate) fn secrets<'a>(config: &Config, urls: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let mut out = config.secrets();
+    for url in urls {
+        out.extend(url_secrets(url));
+    }
+    out.retain(|s| !s.is_empty());
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The password of a URL as written and percent-decoded, and the values of
+/// password-like query parameters.
+fn url_secrets(text: &str) -> Vec<String> {
+    let Ok(url) = url::Url::parse(text) else {
+        // Not a URL: the authority's user info, if any, is the best guess.
+        return text
+            .split_once("://")
+            .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+            .and_then(|authority| authority.rsplit_once('@'))
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| vec![password.to_owned()])
+            .unwrap_or_default();
+    };
+    let mut out = Vec::new();
+    if let Some(raw) = url.password() {
+        out.push(raw.to_owned());
+        out.push(
+            percent_encoding::percent_decode_str(raw)
+                .decode_utf8_lossy()
+                .into_owned(),
+        );
+    }
+    for (key, value) in url.query_pairs() {
+        if matches!(
+            key.to_ascii_lowercase().as_str(),
+            "password" | "pass" | "secret" | "token" | "sslpassword"
+        ) {
+            out.push(value.into_owned());
+        }
+    }
+    out
+}
+
+/// A snapshot library error as one scrubbed line, marked as a usage error
+/// (exit code 2) when it is about how the command was called: a snapshot
+/// id that does not exist or names the wrong kind, `--target-time` for a
+/// logical snapshot, an unusable URL, a repository that is not one.
+/// Everything else (unreachable servers, failed tools, corrupt objects) is
+/// an operation failure (exit code 1).
+pub(crate) fn failure(error: &Error, secrets: &[String]) -> anyhow::Error {
+    let text = scrub(&one_line(error), secrets);
+    if is_usage(error) {
+        UsageError(text).into()
+    } else {
+        anyhow::Error::msg(text)
+    }
+}
+
+fn is_usage(error: &Error) -> bool {
+    use warmspare_store::Error as StoreError;
+    match error.root() {
+        Error::InvalidUrl { .. }
+        | Error::InvalidTarget { .. }
+        | Error::InvalidSnapshotId { .. }
+        | Error::SnapshotNotFound { .. }
+        | Error::NoSnapshots { .. }
+        | Error::WrongKind { .. }
+        | Error::TargetTimeUnsupported { .. }
+        | Error::RefusedSourceOverwrite { .. } => true,
+        Error::Store(e) => matches!(
+            e,
+            StoreError::InvalidConfig { .. }
+                | StoreError::UnsupportedUrl { .. }
+                | StoreError::NotARepository { .. }
+        ),
+        _ => false,
+    }
+}
+
+/// `postgres://` or `postgresql://`.
+pub(crate) fn is_database_url(text: &str) -> bool {
+    let lower = text.trim_start().to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmspare_snapshot::RestoreStep;
+
+    #[test]
+    fn url_secrets_cover_both_forms() {
+        let s = url_secrets("postgres://u:p%40ss@h/db?sslpassword=k3y");
+        assert!(s.contains(&"p%40ss".to_owned()), "{s:?}");
+        assert!(s.contains(&"p@ss".to_owned()), "{s:?}");
+        assert!(s.contains(&"k3y".to_owned()), "{s:?}");
+        assert!(url_secrets("postgres://u@h/db").is_empty());
+        assert_eq!(url_secrets("not a url://u:pw@x/y"), ["pw"]);
+    }
+
+    #[test]
+    fn usage_errors_are_found_inside_steps() {
+        let wrapped = Error::Restore {
+            step: RestoreStep::Resolve,
+            database: "db".into(),
+            source: Box::new(Error::SnapshotNotFound { id: "x".into() }),
+        };
+        let e = failure(&wrapped, &[]);
+        assert_eq!(crate::exit_code_of(&e), crate::EXIT_USAGE);
+        let e = failure(
+            &Error::Unreachable {
+                target: "u@h:5432/db".into(),
+                message: "connection refused pw1".into(),
+            },
+            &["pw1".into()],
+        );
+        assert_eq!(crate::exit_code_of(&e), crate::EXIT_FAILED);
+        assert_eq!(
+            e.to_string(),
+            "cannot reach u@h:5432/db: connection refused ***"
+        );
+    }
+
+    #[test]
+    fn database_urls() {
+        assert!(is_database_url("postgres://h/db"));
+        assert!(is_database_url("PostgreSQL://h/db"));
+        assert!(!is_database_url("/var/lib/postgresql/data"));
+        assert!(!is_database_url("s3://bucket"));
+    }
+}
