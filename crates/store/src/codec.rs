@@ -17,6 +17,11 @@
 //! corrupt object has already been partly written to the caller's writer
 //! when the mismatch is reported. Write to a staging location and publish
 //! it (rename) only after success.
+//!
+//! Objects that no manifest lists (WAL segments, history files) are
+//! *sealed* ([`Codec::put_sealed`], [`Codec::get_sealed`]): they carry their
+//! own sizes and digests in a zstd skippable frame and are written
+//! create-if-absent (format in `codec/sealed.rs`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +40,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use crate::error::{Error, Result};
+
+mod sealed;
+
+pub use sealed::SealedPut;
 
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -217,83 +226,95 @@ impl Codec {
             .get_opts(path, GetOptions::default())
             .await
             .map_err(|e| Error::from_store(name, e))?;
-        let mut decoder = Decoder::new(
-            expected.compression,
-            StoredReader::new(result.into_stream()),
-        );
-        let mut content = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; READ_BUFFER];
-        let mut undecodable = None;
-        let mut oversized = false;
-        loop {
-            let n = match decoder.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) => {
-                    undecodable = Some(e);
-                    break;
-                }
-            };
-            if size + n as u64 > expected.size {
-                oversized = true;
+        decode_verified(name, result.into_stream(), expected, writer, progress).await
+    }
+}
+
+/// Decodes a stored object's byte stream into `writer`, checking it against
+/// `expected` (see [`Codec::get`]).
+async fn decode_verified<W>(
+    name: &str,
+    stream: BoxStream<'static, object_store::Result<Bytes>>,
+    expected: &ObjectInfo,
+    writer: &mut W,
+    progress: Option<Progress<'_>>,
+) -> Result<()>
+where
+    W: AsyncWrite + Unpin + Send + ?Sized,
+{
+    let mut decoder = Decoder::new(expected.compression, StoredReader::new(stream));
+    let mut content = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; READ_BUFFER];
+    let mut undecodable = None;
+    let mut oversized = false;
+    loop {
+        let n = match decoder.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) => {
+                undecodable = Some(e);
                 break;
             }
-            content.update(&buf[..n]);
-            size += n as u64;
-            writer
-                .write_all(&buf[..n])
-                .await
-                .map_err(|e| Error::from_io("writing content of", name, e))?;
-            if let Some(progress) = progress {
-                progress(size);
-            }
+        };
+        if size + n as u64 > expected.size {
+            oversized = true;
+            break;
         }
-
-        // Hash whatever the decoder left unread, so that the stored digest
-        // always covers the whole object.
-        let mut stored = decoder.into_stored();
-        if let Some(e) = stored.transport_error.take() {
-            return Err(Error::from_store(name, e));
-        }
-        let drained = tokio::io::copy(&mut stored, &mut tokio::io::sink()).await;
-        if let Some(e) = stored.transport_error.take() {
-            return Err(Error::from_store(name, e));
-        }
-        drained.map_err(|e| Error::from_io("reading", name, e))?;
-
-        let stored_sha = hex::encode(stored.hasher.finalize());
-        if stored_sha != expected.sha256 || stored.count != expected.stored_size {
-            return Err(Error::DigestMismatch {
-                path: name.to_string(),
-                expected: expected.sha256.clone(),
-                actual: stored_sha,
-            });
-        }
-        if let Some(e) = undecodable {
-            return Err(Error::Corrupt {
-                path: name.to_string(),
-                reason: format!("stored bytes match their digest but do not decode: {e}"),
-            });
-        }
-        let content_sha = hex::encode(content.finalize());
-        if oversized || size != expected.size || content_sha != expected.content_sha256 {
-            return Err(Error::DigestMismatch {
-                path: name.to_string(),
-                expected: expected.content_sha256.clone(),
-                actual: if oversized {
-                    format!("more than {} bytes of content", expected.size)
-                } else {
-                    content_sha
-                },
-            });
-        }
+        content.update(&buf[..n]);
+        size += n as u64;
         writer
-            .flush()
+            .write_all(&buf[..n])
             .await
             .map_err(|e| Error::from_io("writing content of", name, e))?;
-        Ok(())
+        if let Some(progress) = progress {
+            progress(size);
+        }
     }
+
+    // Hash whatever the decoder left unread, so that the stored digest
+    // always covers the whole object.
+    let mut stored = decoder.into_stored();
+    if let Some(e) = stored.transport_error.take() {
+        return Err(Error::from_store(name, e));
+    }
+    let drained = tokio::io::copy(&mut stored, &mut tokio::io::sink()).await;
+    if let Some(e) = stored.transport_error.take() {
+        return Err(Error::from_store(name, e));
+    }
+    drained.map_err(|e| Error::from_io("reading", name, e))?;
+
+    let stored_sha = hex::encode(stored.hasher.finalize());
+    if stored_sha != expected.sha256 || stored.count != expected.stored_size {
+        return Err(Error::DigestMismatch {
+            path: name.to_string(),
+            expected: expected.sha256.clone(),
+            actual: stored_sha,
+        });
+    }
+    if let Some(e) = undecodable {
+        return Err(Error::Corrupt {
+            path: name.to_string(),
+            reason: format!("stored bytes match their digest but do not decode: {e}"),
+        });
+    }
+    let content_sha = hex::encode(content.finalize());
+    if oversized || size != expected.size || content_sha != expected.content_sha256 {
+        return Err(Error::DigestMismatch {
+            path: name.to_string(),
+            expected: expected.content_sha256.clone(),
+            actual: if oversized {
+                format!("more than {} bytes of content", expected.size)
+            } else {
+                content_sha
+            },
+        });
+    }
+    writer
+        .flush()
+        .await
+        .map_err(|e| Error::from_io("writing content of", name, e))?;
+    Ok(())
 }
 
 /// Hashes and counts what passes through.

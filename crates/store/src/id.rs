@@ -10,12 +10,15 @@ use time::{OffsetDateTime, PrimitiveDateTime, UtcOffset};
 use crate::error::{Error, Result};
 
 /// The id of a snapshot (also used for inventories and recovery points):
-/// the UTC second it was taken, then four random hex digits, for example
+/// the UTC second it was taken, then four hex digits, for example
 /// `20261122T101500Z-3f9a`.
 ///
-/// Ids have a fixed width, so their string order (and their `Ord`) is
-/// chronological; ids from the same second are ordered by their random
-/// suffix.
+/// The suffix of a [new](Self::new) id is `millisecond * 16 + r` with `r` a
+/// random nibble: ids have a fixed width, so their string order (and their
+/// `Ord`) is chronological to the millisecond, and two ids taken in the same
+/// millisecond still differ with probability 15/16 (a collision is caught
+/// by [`Repository::begin_snapshot`](crate::Repository::begin_snapshot) and
+/// by the create-if-absent manifest).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct SnapshotId(String);
@@ -27,11 +30,14 @@ const STAMP: &[time::format_description::BorrowedFormatItem<'static>] =
 const LEN: usize = 21;
 
 impl SnapshotId {
-    /// A new id for the moment `now` (converted to UTC, truncated to the
-    /// second) with a random suffix. Time is a parameter: callers pass their
+    /// A new id for the moment `now` (converted to UTC): its second, and a
+    /// suffix that orders ids of the same second by millisecond, with a
+    /// random nibble below it. Time is a parameter: callers pass their
     /// clock's reading.
     pub fn new(now: OffsetDateTime) -> Self {
-        Self::with_suffix(now, rand::random())
+        let millis = now.millisecond();
+        let nibble = rand::random::<u8>() & 0x0f;
+        Self::with_suffix(now, millis * 16 + u16::from(nibble))
     }
 
     /// The id for `now` with the given suffix (deterministic; for tests and
@@ -176,6 +182,23 @@ mod tests {
                 prop_assert_eq!(ia.cmp(&ib), a.cmp(&b));
             } else {
                 prop_assert_eq!(ia.cmp(&ib), sa.cmp(&sb));
+            }
+        }
+
+        #[test]
+        fn new_ids_order_by_millisecond(
+            secs in 0i64..253_402_300_799,
+            ma in 0u32..1000,
+            mb in 0u32..1000,
+        ) {
+            let at = |ms: u32| {
+                OffsetDateTime::from_unix_timestamp(secs).unwrap()
+                    + time::Duration::milliseconds(i64::from(ms))
+            };
+            let (ia, ib) = (SnapshotId::new(at(ma)), SnapshotId::new(at(mb)));
+            prop_assert_eq!(ia.timestamp(), at(0));
+            if ma != mb {
+                prop_assert_eq!(ia.cmp(&ib), ma.cmp(&mb));
             }
         }
     }
