@@ -1,0 +1,36 @@
+//! Failover for warmspare: health probes, the failover policy and (to come)
+//! the lease driver that carries out the policy's decisions.
+//!
+//! The one promise this crate exists for: when the primary dies the spare
+//! takes over quickly, and two sites never accept live traffic at once. The
+//! repository is the third party of every decision: the lease
+//! (`lease/active.json`) is written only with compare-and-swap, so both
+//! sites see one history of holders and epochs.
+//!
+//! * [`policy`]: the failover policy as a pure state machine,
+//!   `Policy::step(event, now) -> actions`, with no I/O and no clock reads.
+//!   Its safety is tested by simulation over random delays, partitions,
+//!   clock drift and crashes; the argument is written down in
+//!   `docs/failover-safety.md`.
+//! * [`probe`]: health probes; today the PostgreSQL inspection that
+//!   `warmspare check` uses.
+//! * [`config`]: the `[failover]` section of the configuration.
+//!
+//! Not built yet: the driver that turns the policy's actions into lease
+//! writes, promotion, fencing and hooks, and the HTTP/TCP/command probes.
+//!
+//! ```
+//! use warmspare_failover::policy::PolicyConfig;
+//! let config = PolicyConfig::from_failover(&warmspare_failover::FailoverConfig::default());
+//! assert!(config.validate().is_ok());
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod config;
+pub mod policy;
+pub mod probe;
+
+pub use config::{FailoverConfig, FailoverMode, InvalidFailoverConfig};

@@ -1,0 +1,378 @@
+//! Unit tests of the state machine, one site at a time.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+
+use super::super::{Command, Event, PolicyConfig, SiteIdentity, Target, WriteOutcome};
+use super::*;
+
+fn policy(initial: bool) -> Policy {
+    let (site, peer) = if initial {
+        ("primary", "spare")
+    } else {
+        ("spare", "primary")
+    };
+    Policy::new(
+        PolicyConfig::default(),
+        SiteIdentity::new(site, peer, initial, 7),
+    )
+    .expect("valid config")
+}
+
+fn healthy(p: &mut Policy, t: u64) {
+    for i in 0..2 {
+        p.step(
+            Event::Probe {
+                target: Target::Local,
+                ok: true,
+            },
+            Millis(t + i),
+        );
+        p.step(
+            Event::Probe {
+                target: Target::Peer,
+                ok: true,
+            },
+            Millis(t + i),
+        );
+    }
+}
+
+fn record(holder: &str, epoch: u64, renewals: u64) -> LeaseRecord {
+    LeaseRecord {
+        format: 1,
+        holder: holder.into(),
+        epoch,
+        renewals,
+        incarnation: 99,
+        nonce: renewals + 1,
+        ttl_ms: 6000,
+        margin_ms: 1000,
+        released: false,
+        successor: None,
+    }
+}
+
+fn observe(p: &mut Policy, v: &str, r: LeaseRecord, t: u64) -> Vec<Action> {
+    p.step(
+        Event::LeaseObserved {
+            lease: Some((Version::new(v), r)),
+        },
+        Millis(t),
+    )
+}
+
+fn writes(actions: &[Action]) -> Vec<(RequestId, LeaseRecord, WriteCondition)> {
+    actions
+        .iter()
+        .filter_map(|a| a.lease_write())
+        .map(|(i, r, c)| (i, r.clone(), c))
+        .collect()
+}
+
+/// The primary creates the lease, renews it, and fences exactly at
+/// `t_send + ttl - margin` when renewals stop succeeding.
+#[test]
+fn holder_fences_at_t_send_plus_ttl_minus_margin() {
+    let mut p = policy(true);
+    p.start(Millis(0));
+    healthy(&mut p, 0);
+    let out = p.step(Event::LeaseObserved { lease: None }, Millis(100));
+    let [(id, rec, WriteCondition::Absent)] = &writes(&out)[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!((rec.epoch, rec.renewals), (1, 0));
+    let written = WriteOutcome::Written {
+        version: Version::new("a"),
+    };
+    let out = p.step(
+        Event::LeaseWriteResult {
+            request: *id,
+            outcome: written,
+        },
+        Millis(900),
+    );
+    assert!(out.contains(&Action::Promote {
+        epoch: 1,
+        trigger: PromoteTrigger::Initial
+    }));
+    assert!(out.contains(&Action::Unfence { epoch: 1 }));
+    // Sent at 100: safe until 5100, whenever the answer came.
+    assert_eq!(p.accepting_until(), Some(Millis(5_100)));
+    assert!(p.may_accept_traffic(Millis(5_099)) && !p.may_accept_traffic(Millis(5_100)));
+    assert_eq!(p.next_wakeup(Millis(1_000)), Millis(2_000));
+    // A renewal goes out at 2100; it never returns.
+    let out = p.step(Event::Tick, Millis(2_100));
+    assert!(
+        matches!(&writes(&out)[..], [(_, r, WriteCondition::Matches(v))] if r.renewals == 1 && v.as_str() == "a")
+    );
+    assert_eq!(p.next_wakeup(Millis(5_000)), Millis(5_100));
+    let out = p.step(Event::Tick, Millis(5_100));
+    assert!(
+        out.contains(&Action::Fence {
+            reason: FenceReason::LeaseExpired
+        }),
+        "{out:?}"
+    );
+    assert_eq!(p.role(Millis(5_100)), super::super::Role::FencedHolder);
+}
+
+/// A renewal whose answer was lost is recognised by reading, and counts
+/// from its own send time.
+#[test]
+fn own_write_with_lost_answer_is_adopted_from_a_read() {
+    let mut p = policy(true);
+    p.start(Millis(0));
+    healthy(&mut p, 0);
+    let out = p.step(Event::LeaseObserved { lease: None }, Millis(100));
+    let (id, ..) = writes(&out)[0].clone();
+    let ok = WriteOutcome::Written {
+        version: Version::new("a"),
+    };
+    p.step(
+        Event::LeaseWriteResult {
+            request: id,
+            outcome: ok,
+        },
+        Millis(150),
+    );
+    let out = p.step(Event::Tick, Millis(2_100));
+    let (renew, rec, _) = writes(&out)[0].clone();
+    // The driver gives up on it and the policy retries at once; the
+    // retry conflicts: the first renewal did land.
+    let error = WriteOutcome::Error;
+    let out = p.step(
+        Event::LeaseWriteResult {
+            request: renew,
+            outcome: error,
+        },
+        Millis(4_600),
+    );
+    assert!(out.contains(&Action::ReadLease), "{out:?}");
+    let (retry, ..) = writes(&out)[0].clone();
+    let conflict = WriteOutcome::Conflict;
+    let out = p.step(
+        Event::LeaseWriteResult {
+            request: retry,
+            outcome: conflict,
+        },
+        Millis(4_850),
+    );
+    assert!(
+        writes(&out).is_empty(),
+        "no blind retry after a conflict: {out:?}"
+    );
+    // A stale read (older than what we hold) changes nothing.
+    let out = observe(
+        &mut p,
+        "old",
+        LeaseRecord {
+            incarnation: 7,
+            ..record("primary", 0, 9)
+        },
+        Millis(4_900).0,
+    );
+    assert!(!out.iter().any(|a| matches!(a, Action::Fence { .. })));
+    observe(&mut p, "b", rec, 4_950);
+    assert_eq!(p.accepting_until(), Some(Millis(7_100)));
+    assert!(p.may_accept_traffic(Millis(5_500)));
+}
+
+/// The challenger waits `ttl + margin` from its first sight of one
+/// version, restarts on every change, and writes epoch + 1 on that very
+/// version.
+#[test]
+fn challenger_waits_for_an_unchanged_version() {
+    let mut p = policy(false);
+    p.start(Millis(0));
+    healthy(&mut p, 0);
+    p.step(
+        Event::ReplicationLag {
+            lag: Duration::ZERO,
+            measured_at: Millis(0),
+        },
+        Millis(0),
+    );
+    assert!(writes(&observe(&mut p, "a", record("primary", 4, 1), 1_000)).is_empty());
+    assert!(writes(&observe(&mut p, "b", record("primary", 4, 2), 3_000)).is_empty());
+    assert!(writes(&observe(&mut p, "b", record("primary", 4, 2), 9_000)).is_empty());
+    assert_eq!(p.next_wakeup(Millis(9_500)), Millis(10_000));
+    let out = p.step(Event::Tick, Millis(10_000));
+    let [(_, rec, WriteCondition::Matches(v))] = &writes(&out)[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        (v.as_str(), rec.epoch, rec.holder.as_str()),
+        ("b", 5, "spare")
+    );
+    // A holder promising a longer lease is waited out longer.
+    let mut p = policy(false);
+    healthy(&mut p, 0);
+    let long = LeaseRecord {
+        ttl_ms: 20_000,
+        ..record("primary", 4, 1)
+    };
+    observe(&mut p, "a", long, 1_000);
+    assert!(writes(&p.step(Event::Tick, Millis(20_999))).is_empty());
+}
+
+/// A switchover release is taken at once by its successor only; a
+/// non-forced operator failover is refused without a lag measurement.
+#[test]
+fn released_lease_and_operator_guards() {
+    let released = LeaseRecord {
+        released: true,
+        successor: Some("spare".into()),
+        ..record("primary", 2, 5)
+    };
+    let mut p = policy(false);
+    healthy(&mut p, 0);
+    let out = observe(&mut p, "r", released.clone(), 100);
+    assert!(matches!(
+        out.iter().find_map(|a| match a {
+            Action::AcquireLease { trigger, .. } => Some(*trigger),
+            _ => None,
+        }),
+        Some(PromoteTrigger::Switchover)
+    ));
+    let mut other = Policy::new(
+        PolicyConfig::default(),
+        SiteIdentity::new("third", "x", false, 1),
+    )
+    .expect("valid");
+    healthy(&mut other, 0);
+    assert!(writes(&observe(&mut other, "r", released, 100)).is_empty());
+
+    let mut p = policy(false);
+    healthy(&mut p, 0);
+    let out = p.step(
+        Event::Command(Command::Failover { force: false }),
+        Millis(10),
+    );
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Alert {
+            kind: AlertKind::CommandRefused,
+            ..
+        }
+    )));
+    let out = p.step(
+        Event::Command(Command::Failover { force: true }),
+        Millis(20),
+    );
+    assert!(out.iter().any(|a| matches!(
+        a,
+        Action::Alert {
+            kind: AlertKind::CommandAccepted,
+            ..
+        }
+    )));
+}
+
+#[derive(Debug, Clone)]
+enum Input {
+    Probe(bool, bool),
+    Tick,
+    /// Answer the n-th emitted write (modulo) with 0 written, 1 conflict, 2 error.
+    Answer(usize, u8),
+    /// Show the n-th emitted write's record (modulo) as the current lease.
+    ShowOwn(usize),
+    ShowOther(u64, u64, bool),
+    Absent,
+    Lag(u64),
+    Cmd(u8, bool),
+}
+
+fn input() -> impl Strategy<Value = Input> {
+    prop_oneof![
+        (any::<bool>(), any::<bool>()).prop_map(|(a, b)| Input::Probe(a, b)),
+        Just(Input::Tick),
+        (any::<usize>(), 0u8..3).prop_map(|(n, o)| Input::Answer(n, o)),
+        any::<usize>().prop_map(Input::ShowOwn),
+        (0u64..6, 0u64..20, any::<bool>()).prop_map(|(e, r, rel)| Input::ShowOther(e, r, rel)),
+        Just(Input::Absent),
+        (0u64..600_000).prop_map(Input::Lag),
+        (0u8..4, any::<bool>()).prop_map(|(c, f)| Input::Cmd(c, f)),
+    ]
+}
+
+proptest! {
+    /// Whatever it is told, a policy claims the right to accept traffic
+    /// only on the strength of a write of its own that is known to have
+    /// landed and was sent less than `ttl - margin` ago; every takeover
+    /// raises the epoch above anything it has seen.
+    #[test]
+    fn rights_are_always_justified(
+        initial in any::<bool>(),
+        inputs in proptest::collection::vec((input(), 0u64..2_500), 1..200),
+    ) {
+        let mut p = policy(initial);
+        let mut now = 0;
+        let mut emitted: Vec<(RequestId, u64, LeaseRecord)> = Vec::new();
+        let mut landed: HashMap<RequestId, u64> = HashMap::new();
+        let mut max_seen = 0;
+        let mut version = 0;
+        let mut out = p.start(Millis(0));
+        for (input, dt) in inputs {
+            for (id, rec, _) in writes(&out) {
+                // A new epoch exceeds all seen; renewals keep a current one.
+                if rec.renewals == 0 {
+                    prop_assert!(rec.epoch > max_seen, "{rec:?} after epoch {max_seen}");
+                }
+                prop_assert!(rec.epoch >= max_seen, "{rec:?} after epoch {max_seen}");
+                emitted.push((id, now, rec));
+            }
+            now += dt;
+            version += 1;
+            let event = match input {
+                Input::Probe(l, r) => {
+                    p.step(Event::Probe { target: Target::Local, ok: l }, Millis(now));
+                    Event::Probe { target: Target::Peer, ok: r }
+                }
+                Input::Tick => Event::Tick,
+                Input::Answer(n, o) if !emitted.is_empty() => {
+                    let (id, sent, _) = emitted[n % emitted.len()].clone();
+                    let outcome = match o {
+                        0 => {
+                            landed.insert(id, sent);
+                            WriteOutcome::Written { version: Version::new(format!("v{version}")) }
+                        }
+                        1 => WriteOutcome::Conflict,
+                        _ => WriteOutcome::Error,
+                    };
+                    Event::LeaseWriteResult { request: id, outcome }
+                }
+                Input::ShowOwn(n) if !emitted.is_empty() => {
+                    let (id, sent, rec) = emitted[n % emitted.len()].clone();
+                    landed.insert(id, sent);
+                    max_seen = max_seen.max(rec.epoch);
+                    Event::LeaseObserved { lease: Some((Version::new(format!("v{version}")), rec)) }
+                }
+                Input::ShowOther(e, r, rel) => {
+                    max_seen = max_seen.max(e);
+                    let rec = LeaseRecord { released: rel, ..record("someone", e, r) };
+                    Event::LeaseObserved { lease: Some((Version::new(format!("v{version}")), rec)) }
+                }
+                Input::Absent => Event::LeaseObserved { lease: None },
+                Input::Lag(l) => Event::ReplicationLag { lag: Duration::from_millis(l), measured_at: Millis(now) },
+                Input::Cmd(c, force) => Event::Command(match c {
+                    0 => Command::Failover { force },
+                    1 => Command::Switchover { to: if initial { "spare" } else { "primary" }.into() },
+                    2 => Command::Pause,
+                    _ => Command::Resume,
+                }),
+                _ => Event::Tick,
+            };
+            out = p.step(event, Millis(now));
+            if p.may_accept_traffic(Millis(now)) {
+                let epoch = p.epoch().expect("a holder has an epoch");
+                let justified = emitted.iter().any(|(id, _, rec)| {
+                    rec.epoch == epoch && landed.get(id).is_some_and(|&sent| now < sent + 5_000)
+                });
+                prop_assert!(justified, "accepting at {now} without a recent landed write");
+                prop_assert!(!p.is_fenced());
+            }
+        }
+    }
+}

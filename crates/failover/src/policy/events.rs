@@ -1,0 +1,330 @@
+//! What goes into the policy ([`Event`]) and what comes out ([`Action`]).
+
+use std::fmt;
+use std::time::Duration;
+
+use super::{Health, LeaseRecord, Millis, RequestId, Target, Version, WriteCondition};
+
+/// Something the driver observed, fed to [`Policy::step`](super::Policy::step)
+/// together with the time it was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A timer fired; nothing else happened. Drivers tick at
+    /// [`Policy::next_wakeup`](super::Policy::next_wakeup) or at a short
+    /// fixed period.
+    Tick,
+    /// One probe result for a target.
+    Probe {
+        /// What was probed.
+        target: Target,
+        /// Whether the probe succeeded within its timeout.
+        ok: bool,
+    },
+    /// The answer to a [`Action::ReadLease`]: the lease as it is at the
+    /// repository, or `None` when the object does not exist.
+    LeaseObserved {
+        /// The version and record read.
+        lease: Option<(Version, LeaseRecord)>,
+    },
+    /// A [`Action::ReadLease`] failed (unreachable, timeout, unparseable).
+    LeaseReadFailed,
+    /// The outcome of a lease write.
+    LeaseWriteResult {
+        /// The id from the write action.
+        request: RequestId,
+        /// What the repository answered.
+        outcome: WriteOutcome,
+    },
+    /// A measurement of how far this site's copy is behind: replay lag of a
+    /// standby or the age of the newest restored recovery point.
+    ReplicationLag {
+        /// The lag at the moment of measurement.
+        lag: Duration,
+        /// When it was measured, on this site's clock.
+        measured_at: Millis,
+    },
+    /// An operator command.
+    Command(Command),
+}
+
+/// An operator command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Take the lease over at this site as soon as the current one has
+    /// expired or been released, whatever the mode. Refused beyond
+    /// `max_data_loss` unless `force`. Given to the site that is to take over.
+    Failover {
+        /// Override the data-loss guard.
+        force: bool,
+    },
+    /// Planned handover: the holder fences itself and releases the lease to
+    /// `to`, which takes it at once. Given to the current holder.
+    Switchover {
+        /// The site that is to take over.
+        to: String,
+    },
+    /// Maintenance: no automatic takeover, restart or release. Lease
+    /// renewal and self-fencing go on: safety is never paused.
+    Pause,
+    /// End of maintenance.
+    Resume,
+}
+
+/// The outcome of a conditional lease write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The write took effect; the object now has this version.
+    Written {
+        /// The new version token.
+        version: Version,
+    },
+    /// The condition did not hold (HTTP 412 or 409): the write did not take
+    /// effect.
+    Conflict,
+    /// No clear answer (timeout, connection lost, 5xx): the write may or may
+    /// not have taken effect.
+    Error,
+}
+
+/// Why a site fences itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FenceReason {
+    /// The agent just started and does not know whether it holds the lease.
+    Startup,
+    /// `t_send + ttl - margin` passed without a successful renewal.
+    LeaseExpired,
+    /// Another site holds a newer lease.
+    LeaseLost,
+    /// The local service could not be recovered; the lease is released.
+    LocalFailure,
+    /// Planned switchover to the peer.
+    Switchover,
+}
+
+/// Why a site promotes itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PromoteTrigger {
+    /// The initial holder created the lease.
+    Initial,
+    /// The policy took over an expired or released lease on its own.
+    Automatic,
+    /// An operator's `failover` command.
+    Operator {
+        /// The data-loss guard was overridden.
+        force: bool,
+    },
+    /// The holder handed the lease to this site (switchover). The driver
+    /// waits until the old primary's final WAL position is replayed before
+    /// promoting, so no committed data is lost.
+    Switchover,
+    /// A restarted agent re-took the lease its previous incarnation held;
+    /// the epoch is unchanged and the database already primary.
+    Reclaim,
+}
+
+/// A configured hook kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    /// `on_promote` hooks.
+    OnPromote,
+    /// `on_fence` hooks.
+    OnFence,
+}
+
+/// How urgent an alert is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    /// For the record.
+    Info,
+    /// Needs attention soon.
+    Warning,
+    /// Needs attention now.
+    Critical,
+}
+
+/// What an alert is about (stable, for routing and tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AlertKind {
+    /// This site fenced itself.
+    Fenced,
+    /// A fenced holder renewed in time again and accepts traffic again.
+    Unfenced,
+    /// This site took the lease and is being promoted.
+    Promoted,
+    /// The lease expired or was released and this site would take over, but
+    /// the mode is `manual`: waiting for an operator's `failover`.
+    FailoverNeeded,
+    /// The lease expired or was released; mode `notify` only reports it.
+    PrimaryLost,
+    /// A takeover is blocked by a guard (data loss, cooldown, pause, local
+    /// health).
+    FailoverBlocked,
+    /// An operator command was refused.
+    CommandRefused,
+    /// An operator command was accepted.
+    CommandAccepted,
+    /// The local service failed; the watchdog restarts it.
+    LocalRestart,
+    /// The peer's health changed.
+    PeerHealth,
+    /// The local service's health changed.
+    LocalHealth,
+    /// No lease exists and this site is not the one that creates it.
+    LeaseMissing,
+    /// Reads of the lease keep failing.
+    RepositoryUnreachable,
+    /// Maintenance pause began or ended.
+    Maintenance,
+}
+
+/// Something the driver must do, in the order given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Read `lease/active.json`; answer with [`Event::LeaseObserved`] or
+    /// [`Event::LeaseReadFailed`].
+    ReadLease,
+    /// Write `record` under `condition` to take the lease; answer with
+    /// [`Event::LeaseWriteResult`]. The policy took its `t_send` already.
+    AcquireLease {
+        /// Echo this in the result.
+        request: RequestId,
+        /// The record to write.
+        record: LeaseRecord,
+        /// Create-if-absent or update-if-version-matches.
+        condition: WriteCondition,
+        /// Why: the guards were checked now, when the decision was taken;
+        /// the [`Action::Promote`] that follows success carries the same.
+        trigger: PromoteTrigger,
+    },
+    /// Write `record` if the version is still `expected` (renewal).
+    RenewLease {
+        /// Echo this in the result.
+        request: RequestId,
+        /// The record to write.
+        record: LeaseRecord,
+        /// The version this site wrote last.
+        expected: Version,
+    },
+    /// Write the released `record` if the version is still `expected`.
+    /// Always preceded by [`Action::Fence`]: the driver must complete the
+    /// fence before sending this write.
+    ReleaseLease {
+        /// Echo this in the result.
+        request: RequestId,
+        /// The released record.
+        record: LeaseRecord,
+        /// The version this site wrote last.
+        expected: Version,
+    },
+    /// Promote the local database and record `epoch` in it.
+    Promote {
+        /// The fencing token to record.
+        epoch: u64,
+        /// Why.
+        trigger: PromoteTrigger,
+    },
+    /// Stop accepting traffic now (read-only, terminate sessions).
+    Fence {
+        /// Why.
+        reason: FenceReason,
+    },
+    /// Accept traffic again (this site holds the lease at `epoch`).
+    Unfence {
+        /// The epoch under which traffic is accepted.
+        epoch: u64,
+    },
+    /// Run the configured hooks of this kind.
+    RunHook {
+        /// Which hooks.
+        kind: HookKind,
+        /// The lease epoch, for the hooks' environment.
+        epoch: u64,
+    },
+    /// The watchdog asks for the local service to be restarted.
+    RestartLocal,
+    /// Tell a human.
+    Alert {
+        /// How urgent.
+        severity: Severity,
+        /// What about.
+        kind: AlertKind,
+        /// One line for the operator.
+        message: String,
+    },
+}
+
+impl Action {
+    /// For the three write actions: the request id, the record and the
+    /// condition, so that a driver can treat them alike.
+    pub fn lease_write(&self) -> Option<(RequestId, &LeaseRecord, WriteCondition)> {
+        match self {
+            Action::AcquireLease {
+                request,
+                record,
+                condition,
+                ..
+            } => Some((*request, record, condition.clone())),
+            Action::RenewLease {
+                request,
+                record,
+                expected,
+            }
+            | Action::ReleaseLease {
+                request,
+                record,
+                expected,
+            } => Some((*request, record, WriteCondition::Matches(expected.clone()))),
+            _ => None,
+        }
+    }
+}
+
+/// The site's role, as reported by [`Policy::role`](super::Policy::role).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Holds the lease and accepts traffic.
+    Primary,
+    /// Holds (or last held) a lease write but its deadline passed: fenced,
+    /// still trying to renew.
+    FencedHolder,
+    /// A takeover write is in flight.
+    Acquiring,
+    /// Does not hold the lease.
+    Standby,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Primary => "primary",
+            Role::FencedHolder => "fenced-holder",
+            Role::Acquiring => "acquiring",
+            Role::Standby => "standby",
+        })
+    }
+}
+
+/// A snapshot of the policy for `/status` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// The role at the time asked.
+    pub role: Role,
+    /// Whether this site may accept traffic now.
+    pub accepting: bool,
+    /// Whether the site is fenced.
+    pub fenced: bool,
+    /// Maintenance pause.
+    pub paused: bool,
+    /// Local service health.
+    pub local: Health,
+    /// Peer health as seen from here.
+    pub peer: Health,
+    /// The newest lease record known here (held or observed).
+    pub lease: Option<LeaseRecord>,
+    /// For a holder: time left until it must fence.
+    pub time_left: Option<Duration>,
+    /// For a standby: time until the observed lease may be taken over.
+    pub takeover_in: Option<Duration>,
+    /// The latest lag measurement.
+    pub lag: Option<Duration>,
+}

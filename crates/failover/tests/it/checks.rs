@@ -1,0 +1,140 @@
+//! The invariants, checked by the simulated world after every event.
+
+use std::fmt::Write as _;
+
+use warmspare_failover::policy::{Millis, PromoteTrigger};
+
+use crate::world::{Interval, NAMES, Promotion, World};
+
+impl World {
+    pub(crate) fn promoted(&mut self, s: usize, epoch: u64, trigger: PromoteTrigger) {
+        let ok = if trigger == PromoteTrigger::Reclaim {
+            epoch >= self.max_epoch_promoted
+        } else {
+            epoch > self.max_epoch_promoted
+        };
+        if !ok {
+            self.violation(format!(
+                "{} promoted at epoch {epoch} ({trigger:?}) after epoch {}",
+                NAMES[s], self.max_epoch_promoted
+            ));
+        }
+        self.max_epoch_promoted = self.max_epoch_promoted.max(epoch);
+        self.promotions.push(Promotion {
+            at: self.now,
+            site: s,
+            epoch,
+            trigger,
+        });
+    }
+
+    /// The policy decided to take the lease automatically: the data this
+    /// site would lose must be within `max_data_loss` now.
+    pub(crate) fn automatic_decision(&mut self, s: usize) {
+        let age = self.now - self.sites[s].last_refresh;
+        let max = self.p.cfg[s].max_data_loss.as_millis() as u64;
+        if age > max {
+            self.violation(format!(
+                "{} decided an automatic takeover with data age {age}ms > max_data_loss {max}ms",
+                NAMES[s]
+            ));
+        }
+    }
+
+    pub(crate) fn violation(&mut self, what: String) {
+        self.log(format!("VIOLATION {what}"));
+        if self.violations.len() < 20 {
+            self.violations.push(format!("t={} {what}", self.now));
+        }
+    }
+
+    /// The invariant check at true time `now`, after an event.
+    pub(crate) fn check(&mut self) {
+        let t = self.now;
+        let mut state = [(false, 0u64, 0u64); 2];
+        for (s, st) in state.iter_mut().enumerate() {
+            let site = &self.sites[s];
+            if let Some(p) = &site.policy {
+                let local = Millis(site.clock.local(t));
+                if p.may_accept_traffic(local) {
+                    let until = p.accepting_until().map_or(u64::MAX, |m| m.0);
+                    *st = (true, site.clock.true_at(until), p.epoch().unwrap_or(0));
+                }
+            }
+        }
+        // First close every interval that ended, then open new ones.
+        for (s, &(acc, _, _)) in state.iter().enumerate() {
+            let a = &mut self.sites[s].acc;
+            if a.start.is_some() && (!acc || a.until <= t) {
+                let end = a.until.min(t);
+                a.start = None;
+                a.last_end = Some(end);
+                if let Some(i) = self.intervals.iter_mut().rev().find(|i| i.site == s) {
+                    i.end = Some(end);
+                }
+            }
+        }
+        for (s, &(acc, until, epoch)) in state.iter().enumerate() {
+            if !acc {
+                continue;
+            }
+            if self.sites[s].acc.start.is_some() {
+                self.sites[s].acc.until = until;
+                continue;
+            }
+            let o = 1 - s;
+            if self.sites[o].acc.start.is_some() {
+                self.violation(format!("{} and {} both accept traffic", NAMES[s], NAMES[o]));
+            } else if let Some(end) = self.sites[o].acc.last_end {
+                let released_between = self.releases.iter().any(|&r| r >= end && r <= t);
+                let gap = t as f64 - end as f64;
+                self.gaps
+                    .push((gap, self.theoretical_gap(), released_between));
+                if gap < 0.0 {
+                    self.violation(format!(
+                        "{} starts {gap}ms before {} ended",
+                        NAMES[s], NAMES[o]
+                    ));
+                } else if !released_between && gap + 2.0 < self.theoretical_gap() {
+                    let msg = format!(
+                        "{} starts {gap}ms after {} ended; the safety argument promises {:.1}ms",
+                        NAMES[s],
+                        NAMES[o],
+                        self.theoretical_gap()
+                    );
+                    self.violation(msg);
+                }
+            }
+            if epoch < self.max_epoch_accepting {
+                self.violation(format!(
+                    "{} accepts at epoch {epoch} after epoch {}",
+                    NAMES[s], self.max_epoch_accepting
+                ));
+            }
+            self.max_epoch_accepting = self.max_epoch_accepting.max(epoch);
+            self.log(format!(
+                "{} starts accepting traffic (epoch {epoch})",
+                NAMES[s]
+            ));
+            let a = &mut self.sites[s].acc;
+            a.start = Some(t);
+            a.until = until;
+            self.intervals.push(Interval {
+                site: s,
+                start: t,
+                end: None,
+                epoch,
+            });
+        }
+    }
+
+    /// A summary of the run, for failure messages.
+    pub(crate) fn summary(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "violations: {:#?}", self.violations);
+        let _ = writeln!(s, "intervals: {:?}", self.intervals);
+        let _ = writeln!(s, "promotions: {:?}", self.promotions);
+        let _ = writeln!(s, "log tail:\n{}", self.tail(60));
+        s
+    }
+}
