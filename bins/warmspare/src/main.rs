@@ -49,16 +49,24 @@ enum Command {
     Init(cmd::init::Args),
     /// Validate the configuration and reach every endpoint; a table of what works.
     Check(cmd::check::Args),
-    /// Take a snapshot into the repository (`backup db`).
+    /// Take a recovery point (database and artifacts together), or `backup db|artifacts`.
     Backup(cmd::backup::Args),
-    /// The repository's snapshots, newest first.
+    /// The repository's recovery points and snapshots, newest first.
     List(cmd::list::Args),
-    /// Restore a snapshot (`restore db ID|latest --to DATABASE_URL`).
+    /// Restore a snapshot (`restore db ID|latest --to DATABASE_URL`) or artifacts (`restore artifacts`).
     Restore(cmd::restore::Args),
     /// Re-read a snapshot and check its digests; --deep also restores it into a scratch server.
     Verify(cmd::verify::Args),
     /// Delete the snapshots that the [retention] policy does not keep.
     Prune(cmd::prune::Args),
+    /// Run the whole loop on this machine: two sites, backup, sync, restore, verify, failover.
+    Demo(cmd::demo::Args),
+    /// Mirror the artifacts: this site's store into the other site's, or --from URL --to URL.
+    Sync(cmd::sync::Args),
+    /// Check the artifacts the database names ([reconcile] query) against the site's store.
+    Reconcile(cmd::reconcile::Args),
+    /// The WAL archive: `wal push` for archive_command, `wal fetch` for restore_command.
+    Wal(cmd::wal::Args),
 }
 
 /// Options every command sees.
@@ -114,6 +122,10 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Restore(args) => cmd::restore::run(&global, args),
         Command::Verify(args) => cmd::verify::run(&global, args),
         Command::Prune(args) => cmd::prune::run(&global, args),
+        Command::Demo(args) => cmd::demo::run(&global, args),
+        Command::Sync(args) => cmd::sync::run(&global, args),
+        Command::Reconcile(args) => cmd::reconcile::run(&global, args),
+        Command::Wal(args) => cmd::wal::run(&global, args),
     }
 }
 

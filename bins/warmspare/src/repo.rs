@@ -95,7 +95,7 @@ pub(crate) fn secrets<'a>(config: &Config, urls: impl IntoIterator<Item = &'a st
 
 /// The password of a URL as written and percent-decoded, and the values of
 /// password-like query parameters.
-fn url_secrets(text: &str) -> Vec<String> {
+pub(crate) fn url_secrets(text: &str) -> Vec<String> {
     let Ok(url) = url::Url::parse(text) else {
         // Not a URL: the authority's user info, if any, is the best guess.
         return text

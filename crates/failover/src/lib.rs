@@ -29,8 +29,13 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod actions;
 pub mod config;
+pub mod driver;
+mod error;
 pub mod policy;
 pub mod probe;
 
 pub use config::{FailoverConfig, FailoverMode, InvalidFailoverConfig};
+pub use driver::{Driver, DriverConfig, DriverHandle, DriverState};
+pub use error::{Error, Result};

@@ -149,12 +149,22 @@ pub enum Error {
         reason: String,
     },
 
+    /// The database half of a recovery point failed (`warmspare-snapshot`).
+    #[error("database snapshot: {0}")]
+    Snapshot(#[source] warmspare_snapshot::Error),
+
     /// A background task panicked or was cancelled.
     #[error("a replication task failed: {reason}")]
     Task {
         /// What happened.
         reason: String,
     },
+}
+
+impl From<warmspare_snapshot::Error> for Error {
+    fn from(e: warmspare_snapshot::Error) -> Self {
+        Self::Snapshot(e)
+    }
 }
 
 /// The crate's result type.
@@ -172,6 +182,7 @@ impl Error {
             }
             Self::Changed { .. } | Self::SizeMismatch { .. } | Self::DigestMismatch { .. } => true,
             Self::Repository(e) => e.is_retryable(),
+            Self::Snapshot(e) => e.is_retryable(),
             Self::UnsortedListing { .. }
             | Self::Corrupt { .. }
             | Self::NotFound { .. }

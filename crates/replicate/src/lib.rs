@@ -11,8 +11,10 @@
 //!   (`warmspare backup artifacts`); [`restore_artifacts`] writes one
 //!   inventory's state into a store (`warmspare restore artifacts`);
 //!   [`read_inventory`], [`list_inventories`].
-//! * [`RecoveryPoint`] with [`write_point`], [`read_point`],
-//!   [`list_points`] and [`resolve_inventory`].
+//! * [`take_recovery_point`] (`warmspare backup`): a database snapshot
+//!   (through `warmspare-snapshot`), the WAL position and an artifact
+//!   inventory, recorded as a [`RecoveryPoint`]; [`write_point`],
+//!   [`read_point`], [`list_points`] and [`resolve_inventory`].
 //! * [`reconcile`]: database rows (queried by the caller) against a store:
 //!   missing keys, digest mismatches, objects no row names.
 //! * [`Error`] with [`Error::is_retryable`]; [`DeleteRefusal`] says why
@@ -95,6 +97,7 @@ mod options;
 mod point;
 mod reconcile;
 mod record;
+mod recovery;
 mod restore;
 pub mod state;
 pub mod sync;
@@ -118,6 +121,7 @@ pub use point::{
 pub use reconcile::{
     DigestAlgorithm, ExpectedArtifact, MAX_REPORTED_KEYS, Mismatch, ReconcileReport, reconcile,
 };
+pub use recovery::{PointEvent, PointRequest, TakenPoint, previous_inventory, take_recovery_point};
 pub use restore::restore_artifacts;
 pub use sync::{ProgressFn, SyncEvent, SyncReport, sync};
 pub use warmspare_store::object_store;

@@ -7,12 +7,14 @@
 //! `warmspare-failover`) and passes the rows as [`ExpectedArtifact`]s. The
 //! query returns the key and, optionally, a hex checksum per artifact. For
 //! a Habitat Builder database, whose `origin_packages` table holds each
-//! package's ident, target and BLAKE2b checksum, a query of this shape
-//! (adjust the key expression to the store layout your Builder uses)
-//! with [`DigestAlgorithm::Blake2b256`]:
+//! package's ident, target and BLAKE2b checksum, and whose object keys are
+//! `<ident>/<arch>/<platform>/<ident with '-'>-<target>.hart`, this query
+//! with [`DigestAlgorithm::Blake2b256`] (see `docs/habitat-builder.md` for
+//! the assumptions and how to check them):
 //!
 //! ```sql
-//! SELECT ident || '/' || target || '/' || replace(ident, '/', '-') || '-' || target || '.hart' AS key,
+//! SELECT ident || '/' || regexp_replace(target, '-', '/') || '/'
+//!        || replace(ident, '/', '-') || '-' || target || '.hart' AS key,
 //!        checksum
 //!   FROM origin_packages
 //! ```

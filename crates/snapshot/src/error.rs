@@ -5,7 +5,9 @@ use std::io;
 
 use warmspare_store::{SnapshotId, SnapshotKind};
 
-use crate::event::{BackupStep, DeepVerifyStep, RestoreStep};
+use crate::event::{
+    BackupStep, DeepVerifyStep, PhysicalBackupStep, PhysicalRestoreStep, RestoreStep,
+};
 
 /// Everything that can go wrong in `warmspare-snapshot`.
 ///
@@ -245,6 +247,152 @@ pub enum Error {
         source: Box<Error>,
     },
 
+    /// A name that is not a WAL file name PostgreSQL archives.
+    #[error("invalid wal file name {name:?}: {reason}")]
+    InvalidWalName {
+        /// The name given.
+        name: String,
+        /// What was expected.
+        reason: &'static str,
+    },
+
+    /// A WAL file is already in the repository with other content. Never
+    /// overwritten: two clusters archive into one repository, or the
+    /// repository holds the WAL of an older cluster.
+    #[error(
+        "wal file {name} is already in the repository ({object}) with other content \
+         (stored sha256 {existing}, this file {pushed}); refusing to overwrite it: \
+         does another cluster archive into this repository?"
+    )]
+    WalConflict {
+        /// The WAL file name.
+        name: String,
+        /// The object path.
+        object: String,
+        /// SHA-256 of the stored content.
+        existing: String,
+        /// SHA-256 of the file pushed.
+        pushed: String,
+    },
+
+    /// A local file of the WAL archive (the file to push, or the
+    /// destination of a fetch) could not be read or written.
+    #[error("{context} {path}: {source}")]
+    WalFile {
+        /// What was being done.
+        context: &'static str,
+        /// The local path.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// The server does not archive WAL, which physical snapshots need.
+    #[error(
+        "{target} has archive_mode = {archive_mode}: physical snapshots need the WAL archive \
+         (archive_mode = on, archive_command = 'warmspare --config FILE wal push %p')"
+    )]
+    ArchiveModeOff {
+        /// `user@host:port/database`.
+        target: String,
+        /// The setting's value.
+        archive_mode: String,
+    },
+
+    /// The cluster has tablespaces besides `pg_default` and `pg_global`,
+    /// which a streamed base backup (one tar on standard output) cannot
+    /// hold.
+    #[error(
+        "{target} has tablespaces other than pg_default and pg_global ({names}); \
+         physical snapshots support only the default tablespaces"
+    )]
+    UnsupportedTablespaces {
+        /// `user@host:port/database`.
+        target: String,
+        /// Their names, comma-separated.
+        names: String,
+    },
+
+    /// The base backup stream lacked what a physical snapshot must record.
+    #[error("the base backup is unusable: {reason}")]
+    BadBaseBackup {
+        /// What is missing or malformed.
+        reason: String,
+    },
+
+    /// A WAL segment the backup needs did not reach the repository in time.
+    #[error(
+        "wal segment {segment} is not in the repository after {waited}: \
+         is the server's archive_command `warmspare --config FILE wal push %p` \
+         and does FILE name this repository?"
+    )]
+    WalNotArchived {
+        /// The segment's file name.
+        segment: String,
+        /// How long was waited (humantime).
+        waited: String,
+    },
+
+    /// The server reported that archiving is stuck while it waited for the
+    /// backup's WAL to be archived.
+    #[error("the server cannot archive the backup's wal: {message}")]
+    ArchiveStuck {
+        /// What the server said.
+        message: String,
+    },
+
+    /// The restore target directory is not empty.
+    #[error(
+        "data directory {path} is not empty; a physical restore needs a missing or empty directory"
+    )]
+    DataDirNotEmpty {
+        /// The directory.
+        path: String,
+    },
+
+    /// The data directory could not be created, read or written.
+    #[error("{context} {path}: {source}")]
+    DataDir {
+        /// What was being done.
+        context: &'static str,
+        /// The path.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A recovery target that cannot be used with this snapshot or mode.
+    #[error("invalid recovery target: {reason}")]
+    InvalidRecoveryTarget {
+        /// Why.
+        reason: String,
+    },
+
+    /// A physical backup failed; `step` says where. Nothing was committed.
+    #[error("physical backup failed at step {step}: {source}")]
+    PhysicalBackup {
+        /// The step that failed.
+        step: PhysicalBackupStep,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A physical restore failed; `step` says where. What was extracted
+    /// into the data directory was removed.
+    #[error("physical restore into {data_dir} failed at step {step}: {source}")]
+    PhysicalRestore {
+        /// The step that failed.
+        step: PhysicalRestoreStep,
+        /// The data directory.
+        data_dir: String,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
+    },
+
     /// A restore failed; `step` says where. The current database was not
     /// touched.
     #[error("restore failed at step {step} (database {database} left untouched): {source}")]
@@ -318,13 +466,20 @@ impl Error {
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ),
-            Self::Spool { source, .. } => matches!(
+            Self::Spool { source, .. }
+            | Self::WalFile { source, .. }
+            | Self::DataDir { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
             ),
+            // The archiver may catch up (a slow or briefly unreachable
+            // repository).
+            Self::WalNotArchived { .. } => true,
             Self::Backup { source, .. }
             | Self::Restore { source, .. }
-            | Self::DeepVerify { source, .. } => source.is_retryable(),
+            | Self::DeepVerify { source, .. }
+            | Self::PhysicalBackup { source, .. }
+            | Self::PhysicalRestore { source, .. } => source.is_retryable(),
             Self::InvalidUrl { .. }
             | Self::InvalidTarget { .. }
             | Self::AuthenticationFailed { .. }
@@ -342,8 +497,29 @@ impl Error {
             | Self::BadMeta { .. }
             | Self::RowCountMismatch { .. }
             | Self::IndexCorrupt { .. }
-            | Self::RefusedSourceOverwrite { .. } => false,
+            | Self::RefusedSourceOverwrite { .. }
+            | Self::InvalidWalName { .. }
+            | Self::WalConflict { .. }
+            | Self::ArchiveModeOff { .. }
+            | Self::UnsupportedTablespaces { .. }
+            | Self::BadBaseBackup { .. }
+            | Self::ArchiveStuck { .. }
+            | Self::DataDirNotEmpty { .. }
+            | Self::InvalidRecoveryTarget { .. } => false,
         }
+    }
+
+    /// Whether the repository holds damaged data: an object whose digests
+    /// do not match what its writer recorded, or that is malformed. Never
+    /// retryable, and never to be used.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self.root(),
+            Self::Store(
+                warmspare_store::Error::DigestMismatch { .. }
+                    | warmspare_store::Error::Corrupt { .. }
+            )
+        )
     }
 
     /// The step of a failed backup or restore, if this is one.
@@ -363,12 +539,15 @@ impl Error {
     }
 
     /// The innermost error of this crate: the cause inside
-    /// [`Error::Backup`] / [`Error::Restore`].
+    /// [`Error::Backup`] / [`Error::Restore`] (and their physical
+    /// counterparts).
     pub fn root(&self) -> &Error {
         match self {
             Self::Backup { source, .. }
             | Self::Restore { source, .. }
-            | Self::DeepVerify { source, .. } => source.root(),
+            | Self::DeepVerify { source, .. }
+            | Self::PhysicalBackup { source, .. }
+            | Self::PhysicalRestore { source, .. } => source.root(),
             other => other,
         }
     }

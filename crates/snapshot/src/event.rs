@@ -19,6 +19,10 @@ pub enum Event {
     Restore(RestoreStep),
     /// A deep verification step begins.
     DeepVerify(DeepVerifyStep),
+    /// A physical backup step begins.
+    PhysicalBackup(PhysicalBackupStep),
+    /// A physical restore step begins.
+    PhysicalRestore(PhysicalRestoreStep),
     /// Content bytes of the current file moved so far (dumped, or
     /// restored). Monotonic within one step.
     Bytes(u64),
@@ -116,5 +120,37 @@ steps! {
         Amcheck => "amcheck",
         /// Drop the scratch database.
         DropScratch => "drop-scratch",
+    }
+}
+
+steps! {
+    /// The steps of a physical backup, in order.
+    PhysicalBackupStep {
+        /// Find `pg_basebackup` and read its version.
+        CheckTools => "check-tools",
+        /// Connect, read the server's identity and check that it archives
+        /// WAL and has no extra tablespaces.
+        Connect => "connect",
+        /// Stream `pg_basebackup`'s tar into the repository.
+        BaseBackup => "base-backup",
+        /// Wait until every WAL segment the backup needs is in the
+        /// repository.
+        WaitForWal => "wait-for-wal",
+        /// Write the manifest.
+        Commit => "commit",
+    }
+}
+
+steps! {
+    /// The steps of a physical restore, in order.
+    PhysicalRestoreStep {
+        /// Read the snapshot's manifest and check the recovery target.
+        Resolve => "resolve",
+        /// Check that the data directory is missing or empty.
+        CheckTarget => "check-target",
+        /// Stream the base backup (verified) into `tar`.
+        Extract => "extract",
+        /// Write the recovery settings and the signal file.
+        Configure => "configure",
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! This crate takes PostgreSQL snapshots into a warmspare repository
 //! ([`warmspare_store::Repository`]), restores them into a warm spare,
-//! verifies them and applies retention. Today it holds the *logical*
-//! snapshotter; physical snapshots and the WAL archive come next.
+//! verifies them and applies retention: *logical* snapshots (`pg_dump`),
+//! *physical* snapshots (`pg_basebackup`) and the WAL archive that makes
+//! physical snapshots consistent and restorable to any point in time.
 //!
 //! # Main items
 //!
@@ -21,8 +22,17 @@
 //! * [`verify_deep`]: `verify --deep`: restore into a scratch database on a
 //!   throwaway server, compare row counts, run `amcheck` on every B-tree
 //!   index, drop it.
+//! * [`physical`]: [`backup_physical`] streams `pg_basebackup`'s tar into
+//!   `snapshots/<id>/base.tar` and commits once the WAL it needs is
+//!   archived; [`restore_physical`] lays out a data directory with the
+//!   recovery settings for point-in-time recovery ([`RecoveryTarget`]) or a
+//!   standby fed from the repository.
+//! * [`wal`]: [`wal::push`] and [`wal::fetch`], the bodies of
+//!   `archive_command` and `restore_command`: create-once, verified.
 //! * [`retention`]: the `[retention]` configuration and the pure planner
-//!   ([`retention::plan`]); [`prune()`] applies it to a repository.
+//!   ([`retention::plan`]); [`prune()`] applies it to a repository, and
+//!   deletes WAL older than every kept physical snapshot
+//!   ([`wal::deletable`]).
 //! * [`Error`] names the step and the object; [`Error::is_retryable`].
 //!   Progress goes to an optional callback ([`Event`]); nothing is printed.
 //!
@@ -140,20 +150,30 @@ mod error;
 mod event;
 mod logical;
 mod pg;
+pub mod physical;
 mod prune;
+pub mod query;
 pub mod retention;
 mod serde_util;
 mod tools;
+pub mod wal;
 
 pub use catalog::{SnapshotStatus, SnapshotSummary};
 pub use error::{Error, Result, RowCountMismatch};
-pub use event::{BackupStep, DeepVerifyStep, Event, ProgressFn, RestoreStep};
+pub use event::{
+    BackupStep, DeepVerifyStep, Event, PhysicalBackupStep, PhysicalRestoreStep, ProgressFn,
+    RestoreStep,
+};
 pub use logical::{
     DEFAULT_CONNECT_TIMEOUT, DUMP_FILE, DeepVerifyReport, GLOBALS_FILE, LOGICAL_FORMAT,
     LogicalBackup, LogicalBackupOptions, LogicalMeta, RecordedOptions, RestoreOptions,
     RestoreReport, TableRows, ToolVersions, backup_logical, restore_logical, verify_deep,
 };
 pub use logical::{PREVIOUS_SUFFIX, STAGING_SUFFIX};
+pub use physical::{
+    PhysicalBackup, PhysicalBackupOptions, PhysicalMeta, PhysicalRestoreOptions,
+    PhysicalRestoreReport, RecoveryTarget, backup_physical, restore_physical,
+};
 pub use prune::{
     DEFAULT_INCOMPLETE_GRACE, GroupPlan, PruneOptions, PruneReport, SnapshotGroup, prune,
 };

@@ -10,7 +10,9 @@ use warmspare_store::{Repository, SnapshotId, SnapshotKind};
 
 use crate::catalog::{self, SnapshotStatus, SnapshotSummary};
 use crate::error::{Error, Result};
+use crate::physical::PhysicalMeta;
 use crate::retention::{self, Delete, Plan, RetentionConfig};
+use crate::wal::{self, WalFileName, WalPruneReport};
 
 /// The default grace period of incomplete snapshots.
 pub const DEFAULT_INCOMPLETE_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -86,6 +88,8 @@ pub struct PruneReport {
     pub failures: Vec<(SnapshotId, Error)>,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// What happened to the WAL archive.
+    pub wal: WalPruneReport,
 }
 
 impl PruneReport {
@@ -99,7 +103,7 @@ impl PruneReport {
 
     /// Whether every planned deletion succeeded.
     pub fn is_ok(&self) -> bool {
-        self.failures.is_empty()
+        self.failures.is_empty() && self.wal.failures.is_empty()
     }
 }
 
@@ -113,8 +117,11 @@ impl PruneReport {
 /// removes its manifest first, so it disappears from listings at once,
 /// then its data ([`catalog::delete`]).
 ///
-/// WAL is not touched: the WAL archive's retention belongs with physical
-/// snapshots.
+/// Then the WAL archive: every WAL file positioned before the start
+/// segment of the oldest *kept* physical snapshot goes ([`wal::deletable`];
+/// timeline history files stay). The WAL is left alone when no physical
+/// snapshot is kept, or when a manifest cannot be read (its snapshot's
+/// needs are unknown); [`PruneReport::wal`] says why.
 pub async fn prune(
     repo: &Repository,
     config: &RetentionConfig,
@@ -156,7 +163,9 @@ pub async fn prune(
     let incomplete = repo.incomplete_snapshots().await?;
     report.incomplete = retention::plan_incomplete(&incomplete, options.incomplete_grace, now);
 
+    let oldest_wal = oldest_kept_wal(repo, &report).await?;
     if options.dry_run {
+        report.wal = prune_wal(repo, oldest_wal, true).await;
         return Ok(report);
     }
     let committed: Vec<SnapshotId> = report
@@ -191,7 +200,59 @@ pub async fn prune(
             Err(e) => report.failures.push((id, e)),
         }
     }
+    report.wal = prune_wal(repo, oldest_wal, false).await;
     Ok(report)
+}
+
+/// The start segment of the oldest kept physical snapshot, or why the WAL
+/// archive must be left alone.
+async fn oldest_kept_wal(
+    repo: &Repository,
+    report: &PruneReport,
+) -> Result<std::result::Result<WalFileName, String>> {
+    if let Some((id, _)) = report.unreadable.first() {
+        return Ok(Err(format!(
+            "the manifest of snapshot {id} cannot be read, so the WAL it needs is unknown"
+        )));
+    }
+    let mut starts = Vec::new();
+    let physical = report
+        .groups
+        .iter()
+        .filter(|g| g.group.kind == SnapshotKind::Physical);
+    for keep in physical.flat_map(|g| g.plan.keep.iter()) {
+        let manifest = catalog::read_manifest(repo, &keep.id).await?;
+        match PhysicalMeta::from_manifest(&manifest)
+            .and_then(|meta| WalFileName::parse(&meta.start_wal))
+        {
+            Ok(start) => starts.push(start),
+            Err(e) => return Ok(Err(format!("snapshot {}: {e}", keep.id))),
+        }
+    }
+    Ok(wal::oldest_needed(&starts)
+        .cloned()
+        .ok_or_else(|| "no physical snapshot is kept".to_owned()))
+}
+
+async fn prune_wal(
+    repo: &Repository,
+    oldest: std::result::Result<WalFileName, String>,
+    dry_run: bool,
+) -> WalPruneReport {
+    match oldest {
+        Err(reason) => WalPruneReport {
+            skipped: Some(reason),
+            ..WalPruneReport::default()
+        },
+        Ok(oldest) => match wal::prune_wal(repo, &oldest, dry_run).await {
+            Ok(report) => report,
+            Err(e) => WalPruneReport {
+                keep_from: Some(oldest.to_string()),
+                failures: vec![e],
+                ..WalPruneReport::default()
+            },
+        },
+    }
 }
 
 /// Deletes an incomplete snapshot's objects, unless it committed since it

@@ -20,6 +20,7 @@ pub(crate) enum Tool {
     PgDump,
     PgDumpall,
     PgRestore,
+    PgBasebackup,
 }
 
 impl Tool {
@@ -28,6 +29,7 @@ impl Tool {
             Tool::PgDump => "pg_dump",
             Tool::PgDumpall => "pg_dumpall",
             Tool::PgRestore => "pg_restore",
+            Tool::PgBasebackup => "pg_basebackup",
         }
     }
 }
@@ -83,9 +85,21 @@ impl Tools {
     }
 
     /// Starts `command` (made by [`Tools::command`]), capturing its stderr.
-    pub(crate) fn spawn(&self, tool: Tool, mut command: Command) -> Result<Running> {
+    pub(crate) fn spawn(&self, tool: Tool, command: Command) -> Result<Running> {
+        self.spawn_with_alarm(tool, command, None)
+    }
+
+    /// Like [`Tools::spawn`]; `alarm` gets the end of the program's stderr
+    /// once its stderr contains `needle` (the first time).
+    pub(crate) fn spawn_with_alarm(
+        &self,
+        tool: Tool,
+        mut command: Command,
+        alarm: Option<(&'static str, tokio::sync::oneshot::Sender<String>)>,
+    ) -> Result<Running> {
         let mut child = command.spawn().map_err(|e| self.spawn_error(tool, e))?;
         let stderr = child.stderr.take().map(|mut pipe| {
+            let mut alarm = alarm;
             tokio::spawn(async move {
                 let mut tail = Vec::new();
                 let mut buf = vec![0u8; 4096];
@@ -94,6 +108,14 @@ impl Tools {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             tail.extend_from_slice(&buf[..n]);
+                            if let Some((needle, _)) = &alarm {
+                                let text = String::from_utf8_lossy(&tail);
+                                if text.contains(needle)
+                                    && let Some((_, sender)) = alarm.take()
+                                {
+                                    let _ = sender.send(text.into_owned());
+                                }
+                            }
                             if tail.len() > 2 * STDERR_TAIL {
                                 tail.drain(..tail.len() - STDERR_TAIL);
                             }

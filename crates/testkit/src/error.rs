@@ -90,6 +90,24 @@ impl Error {
     }
 }
 
+impl From<warmspare_pgcluster::Error> for Error {
+    fn from(err: warmspare_pgcluster::Error) -> Self {
+        use warmspare_pgcluster::Error as Pg;
+        match err {
+            Pg::NotInstalled { program, looked } => Error::NotInstalled {
+                program,
+                looked,
+                hint: crate::postgres::PG_INSTALL_HINT,
+            },
+            Pg::Command { what, detail } => Error::Command { what, detail },
+            Pg::Io { context, source } => Error::Io { context, source },
+            Pg::Environment(detail) => Error::Environment(detail),
+            // The enum is non-exhaustive: anything new keeps its message.
+            other => Error::Environment(other.to_string()),
+        }
+    }
+}
+
 /// The testkit's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

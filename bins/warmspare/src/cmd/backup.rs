@@ -1,30 +1,53 @@
-//! `warmspare backup db`: a logical snapshot of this site's database.
+//! `warmspare backup`: a recovery point (the database and the artifacts
+//! together), or one half: `backup db`, `backup artifacts`.
 
 use std::io;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+use warmspare_replicate::{
+    PointEvent, PointRequest, SyncEvent, backup_artifacts, previous_inventory, take_recovery_point,
+};
 use warmspare_snapshot::{LogicalBackupOptions, SnapshotSummary, backup_logical};
+use warmspare_store::Store;
 
 use super::parse_duration;
+use super::sync::{ArtifactProgress, Side, failure, open_site};
 use crate::progress::Progress;
 use crate::repo::{self, Open, PgTools};
-use crate::{EXIT_OK, Global, UsageError, output};
+use crate::{EXIT_OK, Global, output};
+
+/// How many recent inventories are searched for the previous one of the
+/// same store (its unchanged objects are not read again).
+const PREVIOUS_SEARCH: usize = 8;
 
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Without `db`, `backup` would take a recovery point (database and artifacts \
-                  together), which needs the artifact engine: not available yet."
+    args_conflicts_with_subcommands = true,
+    after_help = "Without `db` or `artifacts`, `backup` takes a recovery point: a database \
+                  snapshot, the WAL position and an inventory of the site's artifacts, \
+                  recorded together in points/<id>.json."
 )]
 pub(crate) struct Args {
     #[command(subcommand)]
     what: Option<What>,
+
+    #[command(flatten)]
+    db: DbArgs,
+
+    #[command(flatten)]
+    artifacts: ArtifactArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
     /// A logical snapshot (pg_dump) of this site's database into the repository.
     Db(DbArgs),
+    /// An inventory of this site's artifact store, with the contents of new
+    /// or changed objects stored once, content-addressed.
+    Artifacts(ArtifactArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,29 +77,121 @@ struct DbArgs {
     tools: PgTools,
 }
 
-pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let Some(What::Db(args)) = args.what else {
-        return Err(UsageError(
-            "a recovery point (database and artifacts together) needs the artifact engine, \
-             which this version does not have yet; use `warmspare backup db`"
-                .into(),
+#[derive(Debug, clap::Args)]
+struct ArtifactArgs {
+    /// Objects read at once.
+    #[arg(long, value_name = "N", default_value_t = warmspare_replicate::DEFAULT_CONCURRENCY,
+          value_parser = super::sync::parse_concurrency)]
+    concurrency: usize,
+
+    /// Byte-rate limit on reading the artifacts, such as 10M (bytes per second).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    bwlimit: Option<u64>,
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    warmspare_replicate::parse_byte_rate(text).map_err(|e| e.to_string())
+}
+
+impl DbArgs {
+    fn options(&self) -> LogicalBackupOptions {
+        let mut options = LogicalBackupOptions::default()
+            .with_globals(self.globals)
+            .with_role_passwords(!self.no_role_passwords)
+            .with_count_rows(!self.no_row_counts)
+            .with_connect_timeout(self.connect_timeout);
+        if let Some(dir) = &self.tools.pg_bin_dir {
+            options = options.with_bin_dir(dir.clone());
+        }
+        if let Some(timeout) = self.lock_wait_timeout {
+            options = options.with_lock_wait_timeout(timeout);
+        }
+        options
+    }
+}
+
+impl ArtifactArgs {
+    fn options(&self) -> warmspare_replicate::SyncOptions {
+        warmspare_replicate::SyncOptions::default()
+            .with_concurrency(self.concurrency)
+            .with_bwlimit(self.bwlimit)
+    }
+}
+
+/// The `--json` summary of an artifact backup.
+#[derive(Debug, Serialize)]
+struct ArtifactSummary {
+    inventory: String,
+    source: Option<String>,
+    objects: usize,
+    size: u64,
+    unchanged: u64,
+    deduplicated: u64,
+    stored: u64,
+    bytes: u64,
+    vanished: u64,
+    retries: u64,
+    seconds: f64,
+}
+
+impl ArtifactSummary {
+    fn new(b: &warmspare_replicate::ArtifactBackup) -> Self {
+        ArtifactSummary {
+            inventory: b.inventory.id.to_string(),
+            source: b.inventory.source.clone(),
+            objects: b.inventory.entries.len(),
+            size: b.inventory.total_size(),
+            unchanged: b.unchanged,
+            deduplicated: b.deduplicated,
+            stored: b.stored,
+            bytes: b.bytes,
+            vanished: b.vanished,
+            retries: b.retries,
+            seconds: b.seconds,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "inventory {}: {} objects ({}), {} stored ({}), {} unchanged, {} already in the \
+             repository, in {}",
+            self.inventory,
+            self.objects,
+            output::bytes(self.size),
+            self.stored,
+            output::bytes(self.bytes),
+            self.unchanged,
+            self.deduplicated,
+            output::duration(Duration::from_secs_f64(self.seconds.max(0.0))),
         )
-        .into());
-    };
+    }
+}
+
+/// The `--json` summary of a recovery point.
+#[derive(Debug, Serialize)]
+struct PointSummary {
+    id: String,
+    site: String,
+    wal_position: Option<String>,
+    started: String,
+    finished: String,
+    snapshot: SnapshotSummary,
+    artifacts: Option<ArtifactSummary>,
+}
+
+pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    match args.what {
+        Some(What::Db(db)) => run_db(global, &db),
+        Some(What::Artifacts(a)) => run_artifacts(global, &a),
+        None => run_point(global, &args.db, &args.artifacts),
+    }
+}
+
+fn run_db(global: &Global, args: &DbArgs) -> anyhow::Result<ExitCode> {
     let config = super::load_config(global)?;
     let (site, site_config) = repo::current_site(&config)?;
     let secrets = repo::secrets(&config, []);
-    let mut options = LogicalBackupOptions::default()
-        .with_globals(args.globals)
-        .with_role_passwords(!args.no_role_passwords)
-        .with_count_rows(!args.no_row_counts)
-        .with_connect_timeout(args.connect_timeout);
-    if let Some(dir) = args.tools.pg_bin_dir {
-        options = options.with_bin_dir(dir);
-    }
-    if let Some(timeout) = args.lock_wait_timeout {
-        options = options.with_lock_wait_timeout(timeout);
-    }
+    let options = args.options();
     eprintln!(
         "backup: site {site}, database {}",
         site_config.database.redacted()
@@ -119,6 +234,136 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             output::bytes(summary.size.unwrap_or(0)),
             output::bytes(summary.stored_size.unwrap_or(0)),
             output::duration(summary.duration.unwrap_or_default()),
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn run_artifacts(global: &Global, args: &ArtifactArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(global)?;
+    let (site, _) = repo::current_site(&config)?;
+    let secrets = repo::secrets(&config, []);
+    let store = open_site(&config, site, Side::Source, &secrets)?;
+    let options = args.options().with_source_id(store.display_url());
+    eprintln!("backup: site {site}, artifacts {}", store.display_url());
+    let progress = Arc::new(ArtifactProgress::new("backup"));
+    let result = super::runtime()?.block_on(async {
+        let repository = repo::open(&config, Open::OrInit, &secrets).await?;
+        let previous =
+            previous_inventory(&repository, options.source_id.as_deref(), PREVIOUS_SEARCH)
+                .await
+                .map_err(|e| failure(&e, &secrets))?;
+        let p = Arc::clone(&progress);
+        backup_artifacts(
+            store.object_store(),
+            &repository,
+            previous.as_ref(),
+            time::OffsetDateTime::now_utc(),
+            &options,
+            move |e: &SyncEvent<'_>| p.event(e),
+        )
+        .await
+        .map_err(|e| failure(&e, &secrets))
+    });
+    progress.finish();
+    let summary = ArtifactSummary::new(&result?);
+    if global.json {
+        output::write_json(&mut io::stdout().lock(), &summary)?;
+    } else {
+        println!("{}", summary.line());
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+fn run_point(global: &Global, db: &DbArgs, artifacts: &ArtifactArgs) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(global)?;
+    let (site, site_config) = repo::current_site(&config)?;
+    let secrets = repo::secrets(&config, []);
+    let store = match site_config.artifacts {
+        Some(_) => Some(open_site(&config, site, Side::Source, &secrets)?),
+        None => None,
+    };
+    let mut artifact_options = artifacts.options();
+    if let Some(store) = &store {
+        artifact_options = artifact_options.with_source_id(store.display_url());
+    }
+    eprintln!(
+        "backup: recovery point of site {site}: database {}, artifacts {}",
+        site_config.database.redacted(),
+        store
+            .as_ref()
+            .map_or_else(|| "none configured".to_owned(), Store::display_url)
+    );
+    let request = PointRequest {
+        database_url: site_config.database.expose().to_owned(),
+        database: db.options(),
+        artifacts: store.as_ref().map(|s| Arc::clone(s.object_store())),
+        artifact_options,
+        // No lease epoch until the failover driver records one.
+        epoch: None,
+        meta: serde_json::json!({ "site": site }),
+    };
+    let db_progress = Arc::new(Progress::new("backup"));
+    let artifact_progress = Arc::new(ArtifactProgress::new("backup"));
+    let result = super::runtime()?.block_on({
+        let (dp, ap) = (Arc::clone(&db_progress), Arc::clone(&artifact_progress));
+        let secrets = secrets.clone();
+        let config = &config;
+        async move {
+            let repository = repo::open(config, Open::OrInit, &secrets).await?;
+            take_recovery_point(
+                &repository,
+                &request,
+                time::OffsetDateTime::now_utc(),
+                move |event| match event {
+                    PointEvent::Database(e) => dp.event(e),
+                    PointEvent::WalPosition(lsn) => {
+                        dp.finish();
+                        eprintln!("backup: WAL position {lsn}");
+                        eprintln!("backup: artifacts");
+                    }
+                    PointEvent::Artifacts(e) => ap.event(e),
+                    PointEvent::Commit => {
+                        ap.finish();
+                        eprintln!("backup: record the point");
+                    }
+                    _ => {}
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                warmspare_replicate::Error::Snapshot(e) => repo::failure(&e, &secrets),
+                other => failure(&other, &secrets),
+            })
+        }
+    });
+    db_progress.finish();
+    artifact_progress.finish();
+    let taken = result?;
+
+    let point = &taken.point;
+    let summary = PointSummary {
+        id: point.id.to_string(),
+        site: site.to_owned(),
+        wal_position: point.wal_position.clone(),
+        started: output::time(point.started),
+        finished: output::time(point.finished),
+        snapshot: SnapshotSummary::from_manifest(&taken.snapshot.manifest),
+        artifacts: taken.artifacts.as_ref().map(ArtifactSummary::new),
+    };
+    if global.json {
+        output::write_json(&mut io::stdout().lock(), &summary)?;
+    } else {
+        println!(
+            "recovery point {}: snapshot {} ({}), {}, WAL position {}",
+            summary.id,
+            summary.snapshot.id,
+            output::bytes(summary.snapshot.size.unwrap_or(0)),
+            summary
+                .artifacts
+                .as_ref()
+                .map_or_else(|| "no artifact store".to_owned(), ArtifactSummary::line),
+            summary.wal_position.as_deref().unwrap_or("-"),
         );
     }
     Ok(ExitCode::from(EXIT_OK))

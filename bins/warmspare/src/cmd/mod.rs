@@ -2,11 +2,15 @@
 
 pub(crate) mod backup;
 pub(crate) mod check;
+pub(crate) mod demo;
 pub(crate) mod init;
 pub(crate) mod list;
 pub(crate) mod prune;
+pub(crate) mod reconcile;
 pub(crate) mod restore;
+pub(crate) mod sync;
 pub(crate) mod verify;
+pub(crate) mod wal;
 
 use std::time::Duration;
 

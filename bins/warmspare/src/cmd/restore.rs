@@ -1,5 +1,7 @@
 //! `warmspare restore db <ID|latest> --to <DATABASE_URL>`: restore a
-//! snapshot into the warm spare's database.
+//! snapshot into the warm spare's database; `warmspare restore artifacts
+//! <ID|latest> --to <STORE_URL>`: write an artifact inventory's state into a
+//! store.
 
 use std::io;
 use std::path::PathBuf;
@@ -31,11 +33,45 @@ enum What {
     /// are checked, then it is swapped in by rename; the replaced database
     /// is kept as <db>__warmspare_previous until the next restore.
     Db(DbArgs),
+    /// Write one artifact inventory's state into a store: missing and changed
+    /// objects only; objects the inventory does not name are reported and
+    /// removed only with --delete.
+    Artifacts(ArtifactsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "--to is opened with the default settings plus AWS_ACCESS_KEY_ID, \
+    AWS_SECRET_ACCESS_KEY, AWS_REGION, AWS_ENDPOINT_URL and AWS_ALLOW_HTTP=true from the \
+    environment."
+)]
+struct ArtifactsArgs {
+    /// A recovery point's id, an inventory's id, or "latest" (the newest
+    /// recovery point's inventory, else the newest inventory).
+    #[arg(value_name = "ID|latest")]
+    inventory: String,
+
+    /// The store to restore into (s3://bucket/prefix or file:///path).
+    #[arg(long, value_name = "STORE_URL")]
+    to: String,
+
+    /// Delete objects the inventory does not name (within --max-delete and
+    /// half the target, unless --force).
+    #[arg(long)]
+    delete: bool,
+
+    /// Plan only: compare and report; write and delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    #[command(flatten)]
+    transfer: super::sync::TransferArgs,
 }
 
 #[derive(Debug, clap::Args)]
 struct DbArgs {
-    /// The snapshot: an id from `warmspare list`, or "latest".
+    /// The snapshot: a snapshot's or a recovery point's id from `warmspare
+    /// list`, or "latest".
     #[arg(value_name = "ID|latest")]
     snapshot: String,
 
@@ -88,7 +124,10 @@ fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
 }
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let What::Db(args) = args.what;
+    let args = match args.what {
+        What::Db(args) => args,
+        What::Artifacts(args) => return run_artifacts(global, args),
+    };
     if !repo::is_database_url(&args.to) {
         return Err(not_a_database(&args.to).into());
     }
@@ -111,8 +150,12 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let result = super::runtime()?.block_on(async {
         let repository = repo::open(&config, Open::Existing, &secrets).await?;
         // A database URL takes a logical snapshot; `latest` is the newest
-        // logical one. A physical id is refused by the kind check.
-        let manifest = catalog::resolve(&repository, &args.snapshot, Some(SnapshotKind::Logical))
+        // logical one. A physical id is refused by the kind check. A
+        // recovery point's id means its snapshot.
+        let spec = point_snapshot(&repository, &args.snapshot)
+            .await
+            .unwrap_or_else(|| args.snapshot.clone());
+        let manifest = catalog::resolve(&repository, &spec, Some(SnapshotKind::Logical))
             .await
             .map_err(|e| repo::failure(&e, &secrets))?;
         eprintln!(
@@ -161,6 +204,62 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         println!("{text}");
     }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The snapshot of recovery point `spec`, when `spec` names one.
+async fn point_snapshot(repository: &warmspare_store::Repository, spec: &str) -> Option<String> {
+    let id = warmspare_store::SnapshotId::parse(spec).ok()?;
+    let point = warmspare_replicate::read_point(repository, &id)
+        .await
+        .ok()?;
+    point.snapshot.map(|s| s.to_string())
+}
+
+fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
+    use super::sync::{ArtifactProgress, Side, Summary, failure, open_url, print_summary};
+    use std::sync::Arc;
+
+    let config = super::load_config(global)?;
+    let secrets = repo::secrets(&config, [args.to.as_str()]);
+    let target = open_url(&args.to, Side::Target, &secrets)?;
+    let options = args
+        .transfer
+        .options()
+        .with_delete(args.delete)
+        .with_dry_run(args.dry_run);
+    let progress = Arc::new(ArtifactProgress::new("restore"));
+    let result = super::runtime()?.block_on(async {
+        let repository = repo::open(&config, Open::Existing, &secrets).await?;
+        let id = warmspare_replicate::resolve_inventory(&repository, &args.inventory)
+            .await
+            .map_err(|e| failure(&e, &secrets))?;
+        eprintln!(
+            "restore: inventory {id} into {}{}",
+            target.display_url(),
+            if args.dry_run { " (dry run)" } else { "" }
+        );
+        let p = Arc::clone(&progress);
+        let report = warmspare_replicate::restore_artifacts(
+            &repository,
+            &id,
+            target.object_store(),
+            &options,
+            move |e: &warmspare_replicate::SyncEvent<'_>| p.event(e),
+        )
+        .await
+        .map_err(|e| failure(&e, &secrets))?;
+        Ok::<_, anyhow::Error>((id, report))
+    });
+    progress.finish();
+    let (id, report) = result?;
+    let summary = Summary::new(
+        format!("inventory {id}"),
+        output::scrub(&target.display_url(), &secrets),
+        &report,
+        &secrets,
+    );
+    print_summary("restore", global.json, &summary, args.delete)?;
+    Ok(super::sync::exit_code(&report))
 }
 
 /// `--to` that is not a database URL: a data directory (physical restore,

@@ -2,9 +2,11 @@
 //! clusters and a real S3 server (moto, or Garage with
 //! `WARMSPARE_TEST_S3=garage`) from `warmspare-testkit`.
 
+mod artifacts;
 mod check;
 mod init;
 mod snapshots;
+mod wal;
 
 use std::path::Path;
 use std::process::Stdio;

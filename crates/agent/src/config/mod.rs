@@ -53,6 +53,7 @@ pub use error::ConfigError;
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 pub use urls::{DatabaseUrl, EndpointUrl, HealthTarget, StoreUrl, redact_url};
 pub use warmspare_failover::{FailoverConfig, FailoverMode};
+pub use warmspare_replicate::DigestAlgorithm;
 pub use warmspare_snapshot::RetentionConfig;
 pub use warmspare_store::{Compression, Secret};
 
@@ -83,6 +84,42 @@ pub struct Config {
     /// The agent's HTTP listener.
     #[serde(default)]
     pub agent: AgentConfig,
+    /// What `warmspare reconcile` compares with the artifacts.
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+}
+
+/// The `[reconcile]` table: the SQL query that lists the artifacts the
+/// database says must exist, for `warmspare reconcile`.
+///
+/// ```toml
+/// [reconcile]
+/// query = "SELECT key, checksum FROM artifacts"   # key, optional checksum (text)
+/// digest = "sha256"                                # or "blake2b256" (Habitat's checksum)
+/// verify_digests = true                            # compare checksums (reads objects)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// A query run against the site's database (read-only): the first
+    /// column is the artifact's key in the store, the optional second
+    /// column its checksum as hex text (or `NULL`).
+    pub query: Option<String>,
+    /// The algorithm of the query's checksums.
+    pub digest: DigestAlgorithm,
+    /// Compare checksums with the stored bytes (reads objects that the
+    /// store's sync state does not vouch for); off: presence only.
+    pub verify_digests: bool,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig {
+            query: None,
+            digest: DigestAlgorithm::default(),
+            verify_digests: true,
+        }
+    }
 }
 
 /// The `[repository]` table: an object store both sites can reach.
@@ -331,6 +368,7 @@ impl Config {
             retention: RetentionConfig::default(),
             failover: FailoverConfig::default(),
             agent: AgentConfig::default(),
+            reconcile: ReconcileConfig::default(),
         }
     }
 
@@ -433,6 +471,14 @@ impl Config {
                 }
                 None => {}
             }
+        }
+        if self
+            .reconcile
+            .query
+            .as_deref()
+            .is_some_and(|q| q.trim().is_empty())
+        {
+            return invalid("reconcile.query", "is empty; remove it or write the query");
         }
         self.failover
             .validate()

@@ -358,3 +358,32 @@ fn environment_fills_secrets() {
     assert_eq!(c.repository.access_key_id.as_deref(), Some("file-key"));
     assert_eq!(c.repository.secret_access_key, None);
 }
+
+#[test]
+fn reconcile_section_parses_with_defaults() {
+    let config = load("[repository]\nurl = \"file:///r\"\n");
+    assert_eq!(config.reconcile, ReconcileConfig::default());
+    assert!(config.reconcile.verify_digests);
+    assert_eq!(config.reconcile.query, None);
+
+    let config = load(
+        "[repository]\nurl = \"file:///r\"\n[reconcile]\n\
+         query = \"SELECT key, checksum FROM artifacts\"\ndigest = \"blake2b256\"\n\
+         verify_digests = false\n",
+    );
+    assert_eq!(
+        config.reconcile.query.as_deref(),
+        Some("SELECT key, checksum FROM artifacts")
+    );
+    assert_eq!(config.reconcile.digest, DigestAlgorithm::Blake2b256);
+    assert!(!config.reconcile.verify_digests);
+    let config = load("[repository]\nurl = \"file:///r\"\n[reconcile]\ndigest = \"sha256\"\n");
+    assert_eq!(config.reconcile.digest, DigestAlgorithm::Sha256);
+
+    let e = config_error("[repository]\nurl = \"file:///r\"\n[reconcile]\nquery = \" \"\n");
+    assert_eq!(e.key.as_deref(), Some("reconcile.query"), "{e}");
+    let e = config_error("[repository]\nurl = \"file:///r\"\n[reconcile]\nqurey = \"x\"\n");
+    assert!(e.to_string().contains("reconcile.qurey"), "{e}");
+    let e = config_error("[repository]\nurl = \"file:///r\"\n[reconcile]\ndigest = \"md5\"\n");
+    assert!(e.to_string().contains("reconcile.digest"), "{e}");
+}

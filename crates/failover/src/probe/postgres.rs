@@ -83,6 +83,39 @@ pub async fn inspect(url: &str, timeout: Duration) -> Result<PostgresInfo, Probe
     }
 }
 
+/// Connects to `url` within `timeout`; errors are classified like
+/// [`inspect`]'s and never contain the password. Returns the connection and
+/// the target description (`user@host:port/db`).
+pub(crate) async fn connect(
+    url: &str,
+    timeout: Duration,
+) -> Result<(PgConnection, String), ProbeError> {
+    let secrets = password_in(url);
+    let scrub = |text: String| scrub(text, &secrets);
+    let options: PgConnectOptions =
+        url.parse()
+            .map_err(|e: sqlx::Error| ProbeError::InvalidTarget {
+                message: scrub(format!("bad PostgreSQL URL: {}", cause(&e))),
+            })?;
+    let options = options
+        .application_name("warmspare")
+        .disable_statement_logging();
+    let target = describe(&options);
+    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+        Err(_elapsed) => Err(ProbeError::Timeout {
+            target,
+            after: timeout,
+        }),
+        Ok(Ok(conn)) => Ok((conn, target)),
+        Ok(Err(e)) => Err(classify(&e, target, &scrub)),
+    }
+}
+
+/// A driver error as one line, scrubbed of the password in `url`.
+pub(crate) fn error_text(url: &str, error: &sqlx::Error) -> String {
+    scrub(cause(error), &password_in(url))
+}
+
 async fn query(options: &PgConnectOptions) -> Result<PostgresInfo, sqlx::Error> {
     let mut conn = PgConnection::connect_with(options).await?;
     let (server_version, server_version_num, in_recovery, database): (String, i32, bool, String) =
@@ -111,6 +144,101 @@ async fn query(options: &PgConnectOptions) -> Result<PostgresInfo, sqlx::Error> 
         system_identifier,
         database,
     })
+}
+
+/// A PostgreSQL health check: the server's role, WAL positions and replay
+/// lag, and whether it accepts a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresHealth {
+    /// `pg_is_in_recovery()`.
+    pub in_recovery: bool,
+    /// On a primary: `pg_current_wal_lsn()`.
+    pub current_lsn: Option<String>,
+    /// On a standby: `pg_last_wal_receive_lsn()`.
+    pub receive_lsn: Option<String>,
+    /// On a standby: `pg_last_wal_replay_lsn()`.
+    pub replay_lsn: Option<String>,
+    /// On a standby: zero when everything received is replayed, else
+    /// `now() - pg_last_xact_replay_timestamp()`; `None` when unknown.
+    pub replay_lag: Option<Duration>,
+    /// Whether the write check succeeded (`None`: not asked for).
+    pub writable: Option<bool>,
+}
+
+/// Connects, runs `SELECT 1`, reads the role, WAL positions and replay lag,
+/// and (when `write_check`) upserts a row into `warmspare.probe` under the
+/// server's default transaction mode, all within `timeout`.
+///
+/// A failed write check is not an error: it is reported in
+/// [`PostgresHealth::writable`] (a fenced or standby database is healthy but
+/// not writable).
+pub async fn check(
+    url: &str,
+    timeout: Duration,
+    write_check: bool,
+) -> Result<PostgresHealth, ProbeError> {
+    let started = tokio::time::Instant::now();
+    let (mut conn, target) = connect(url, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
+    let work = async {
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut conn).await?;
+        debug_assert_eq!(one, 1);
+        let (in_recovery, current, receive, replay, lag_ms): (
+            bool,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<f64>,
+        ) = sqlx::query_as(
+            "SELECT pg_is_in_recovery(), \
+                    CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+                    pg_last_wal_receive_lsn()::text, \
+                    pg_last_wal_replay_lsn()::text, \
+                    CASE WHEN NOT pg_is_in_recovery() THEN NULL \
+                         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
+                         ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000 \
+                    END::float8",
+        )
+        .fetch_one(&mut conn)
+        .await?;
+        let writable = if write_check && !in_recovery {
+            Some(
+                sqlx::raw_sql(
+                    "CREATE SCHEMA IF NOT EXISTS warmspare; \
+                     CREATE TABLE IF NOT EXISTS warmspare.probe (id int PRIMARY KEY, at timestamptz NOT NULL); \
+                     INSERT INTO warmspare.probe VALUES (1, now()) ON CONFLICT (id) DO UPDATE SET at = now()",
+                )
+                .execute(&mut conn)
+                .await
+                .is_ok(),
+            )
+        } else if write_check {
+            Some(false)
+        } else {
+            None
+        };
+        Ok::<_, sqlx::Error>(PostgresHealth {
+            in_recovery,
+            current_lsn: current,
+            receive_lsn: receive,
+            replay_lsn: replay,
+            replay_lag: lag_ms.map(|ms| Duration::from_millis(ms.max(0.0) as u64)),
+            writable,
+        })
+    };
+    let result = tokio::time::timeout(left, work).await;
+    let _ = conn.close().await;
+    match result {
+        Err(_) => Err(ProbeError::Timeout {
+            target,
+            after: timeout,
+        }),
+        Ok(Ok(health)) => Ok(health),
+        Ok(Err(e)) => {
+            let secrets = password_in(url);
+            Err(classify(&e, target, &|t| scrub(t, &secrets)))
+        }
+    }
 }
 
 /// `user@host:port/database` (or `user@/socket/dir:port/database`): what

@@ -5,13 +5,20 @@
 //!   the safety invariants at every event;
 //! * `sim`: proptest over thousands of random fault schedules in that world;
 //! * `scenarios`: targeted deterministic scenarios;
-//! * `timing`: failover time and stall tolerance with the shipped defaults.
+//! * `timing`: failover time and stall tolerance with the shipped defaults;
+//! * `driver`: the lease driver over an in-memory compare-and-swap with
+//!   recording actions;
+//! * `e2e`: two drivers, real PostgreSQL (primary and streaming standby)
+//!   and the real S3 server (moto): kill, repository cut, manual mode.
 
 #![allow(clippy::unwrap_used)]
 
 mod checks;
 mod clock;
+mod driver;
+mod e2e;
 mod scenarios;
 mod sim;
+mod support;
 mod timing;
 mod world;

@@ -10,4 +10,5 @@ mod common;
 mod faults;
 mod guards;
 mod mirror;
+mod points;
 mod reconcile;

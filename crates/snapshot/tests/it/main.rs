@@ -11,3 +11,4 @@ mod fixtures;
 mod prune;
 mod roundtrip;
 mod spare;
+mod wal;

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::{Backend, GARAGE_ENV, S3Kind, S3Server, WaitError, wait_http_ready};
 use crate::error::{Error, Result, join_paths};
-use crate::sys::{self, SERVER_WATCHDOG, Watchdog};
+use crate::sys::{self, SERVER_WATCHDOG};
+use warmspare_pgcluster::Watchdog;
 
 const ATTEMPTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -50,7 +51,7 @@ fn find() -> Result<PathBuf> {
 
 pub(super) async fn start() -> Result<S3Server> {
     let program = find()?;
-    let dir = sys::temp_dir("garage-", None)?;
+    let dir = sys::temp_dir("garage-")?;
     let log = dir.path().join("garage.log");
     let config = dir.path().join("garage.toml");
     for _ in 0..ATTEMPTS {

@@ -15,7 +15,7 @@ use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use tokio::sync::OnceCell;
 
 use crate::error::{Error, Result};
-use crate::sys::Watchdog;
+use warmspare_pgcluster::Watchdog;
 
 /// Selects the server: `moto` (default) or `garage`.
 pub const TEST_S3_ENV: &str = "WARMSPARE_TEST_S3";

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use super::{Backend, MOTO_ENV, S3Server, WaitError, wait_http_ready, workspace_venv_bin};
 use crate::error::{Error, Result, join_paths};
-use crate::sys::{self, SERVER_WATCHDOG, Watchdog};
+use crate::sys::{self, SERVER_WATCHDOG};
+use warmspare_pgcluster::Watchdog;
 
 const ATTEMPTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,7 +40,7 @@ pub(super) fn find() -> Result<PathBuf> {
 
 pub(super) async fn start() -> Result<S3Server> {
     let program = find()?;
-    let dir = sys::temp_dir("moto-", None)?;
+    let dir = sys::temp_dir("moto-")?;
     let log = dir.path().join("moto.log");
     for _ in 0..ATTEMPTS {
         let port = sys::free_port()?;

@@ -1,0 +1,101 @@
+//! What the driver does to the local service when the policy says so:
+//! promote, fence, unfence, run hooks, restart.
+//!
+//! [`Actions`] is the seam: the driver calls it in the order the policy
+//! returned the actions; the agent plugs in [`PostgresActions`] (with
+//! [`Hooks`]), tests plug in a recorder.
+
+mod hooks;
+mod postgres;
+
+use std::fmt;
+
+pub use hooks::{HookRole, Hooks};
+pub use postgres::{PostgresActions, record_epoch_sql};
+
+use crate::Result;
+use crate::policy::{AlertKind, FenceReason, HookKind, PromoteTrigger, Severity};
+
+/// The side effects of the failover policy on this site.
+///
+/// # Contract
+///
+/// * Calls come one at a time, in the order the policy issued them; the
+///   driver waits for each to return (bounded by its own timeouts) before
+///   the next. A [`ReleaseLease`](crate::policy::Action::ReleaseLease) is
+///   sent only after the preceding [`fence`](Actions::fence) returned.
+/// * Every method is **idempotent**: promoting a database that already is
+///   primary (with the epoch already recorded), fencing a fenced one, and so
+///   on, succeed without changing anything.
+/// * An error is logged by the driver and not retried by it: the policy
+///   goes on (a failed promotion shows up as failing local probes, which the
+///   watchdog handles; a failed fence is reported as a critical alert).
+/// * `fence` must be fast (it runs when the lease deadline passes): the
+///   margin of the lease (1 s by default) plus the gap of the safety
+///   argument is its budget.
+#[async_trait::async_trait]
+pub trait Actions: fmt::Debug + Send + Sync + 'static {
+    /// Stop accepting writes now: read-only, terminate sessions. Does not
+    /// run hooks (the policy issues [`HookKind::OnFence`] separately).
+    async fn fence(&self, reason: FenceReason) -> Result<()>;
+
+    /// Accept writes again; this site holds the lease at `epoch`.
+    async fn unfence(&self, epoch: u64) -> Result<()>;
+
+    /// Make the local database a writable primary and record `epoch` in it.
+    async fn promote(&self, epoch: u64, trigger: PromoteTrigger) -> Result<()>;
+
+    /// Run the configured hooks of `kind`.
+    async fn run_hook(&self, kind: HookKind, epoch: u64) -> Result<()>;
+
+    /// The watchdog asks for the local service to be restarted. The default
+    /// does nothing but say so.
+    async fn restart_local(&self) -> Result<()> {
+        tracing::warn!("watchdog asked for a restart of the local service; no restart action is configured");
+        Ok(())
+    }
+
+    /// Tell a human. The default logs through `tracing` at a level matching
+    /// the severity.
+    async fn alert(&self, severity: Severity, kind: AlertKind, message: &str) {
+        log_alert(severity, kind, message);
+    }
+}
+
+/// Logs an alert at the level matching its severity.
+pub fn log_alert(severity: Severity, kind: AlertKind, message: &str) {
+    match severity {
+        Severity::Info => tracing::info!(?kind, "{message}"),
+        Severity::Warning => tracing::warn!(?kind, "{message}"),
+        Severity::Critical => tracing::error!(?kind, "{message}"),
+    }
+}
+
+/// [`PostgresActions`] followed by [`Hooks`]: what a site with a PostgreSQL
+/// database and configured hooks does.
+#[derive(Debug)]
+pub struct SiteActions {
+    /// The database actions.
+    pub database: PostgresActions,
+    /// The hooks.
+    pub hooks: Hooks,
+}
+
+#[async_trait::async_trait]
+impl Actions for SiteActions {
+    async fn fence(&self, reason: FenceReason) -> Result<()> {
+        self.database.fence(reason).await
+    }
+
+    async fn unfence(&self, epoch: u64) -> Result<()> {
+        self.database.unfence(epoch).await
+    }
+
+    async fn promote(&self, epoch: u64, trigger: PromoteTrigger) -> Result<()> {
+        self.database.promote(epoch, trigger).await
+    }
+
+    async fn run_hook(&self, kind: HookKind, epoch: u64) -> Result<()> {
+        self.hooks.run(kind, epoch).await
+    }
+}

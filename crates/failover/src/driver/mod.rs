@@ -1,0 +1,478 @@
+//! The lease driver: runs the [`Policy`] against the real world.
+//!
+//! [`Driver::run`] feeds the policy ticks (at [`Policy::next_wakeup`], at
+//! least every 250 ms), probe results and operator commands, and carries
+//! out the actions it returns, in order:
+//!
+//! * `ReadLease`, `AcquireLease`, `RenewLease` go to the repository's
+//!   [`CompareAndSwap`] on `lease/active.json` as concurrent tasks, each
+//!   bounded by the policy's `request_timeout`; their answers come back as
+//!   events. The policy took `t_send` when it issued the write, before the
+//!   request leaves, as the safety argument requires.
+//! * `Fence`, `Unfence`, `Promote`, `RunHook`, `RestartLocal`, `Alert` and
+//!   `ReleaseLease` go, in order, to one worker task that calls
+//!   [`Actions`]; a release is sent only after the fence before it has
+//!   returned. The loop itself never waits for I/O, so a slow promotion
+//!   cannot delay a renewal or the fence at the lease deadline.
+//!
+//! The state goes out through a [`tokio::sync::watch`] channel
+//! ([`DriverHandle::subscribe`]). [`DriverHandle::may_accept_traffic`] is
+//! evaluated against the clock *when asked*, not when the state was last
+//! published, and is false as soon as the driver has stopped: this is what
+//! `/active` must answer.
+//!
+//! Time comes from an injected [`Clock`]; [`BootClock`] reads Linux's
+//! `CLOCK_BOOTTIME` (see its docs for why not `Instant`).
+
+mod clock;
+mod lease;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use warmspare_store::CompareAndSwap;
+use warmspare_store::object_store::path::Path;
+
+pub use clock::{BootClock, Clock, ManualClock};
+pub use lease::{lease_store_config, read_lease};
+
+use crate::actions::Actions;
+use crate::policy::{
+    Action, AlertKind, Command, Event, Health, LeaseRecord, Millis, Policy, PolicyConfig, Role,
+    SiteIdentity,
+};
+use crate::{Error, Result};
+
+/// The longest the driver sleeps between two looks at the clock (a cap on
+/// [`Policy::next_wakeup`], against timers that stop during suspend).
+pub const MAX_TICK: Duration = Duration::from_millis(250);
+
+/// What a driver needs to know besides its collaborators.
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    /// Timing and guards.
+    pub policy: PolicyConfig,
+    /// This site, its peer, whether it creates the lease.
+    pub identity: SiteIdentity,
+    /// The lease object; [`warmspare_store::layout::lease`] by default.
+    pub lease_path: Path,
+}
+
+impl DriverConfig {
+    /// A configuration with the standard lease path and a random
+    /// incarnation.
+    pub fn new(policy: PolicyConfig, site: &str, peer: &str, initial_holder: bool) -> Self {
+        DriverConfig {
+            policy,
+            identity: SiteIdentity::new(site, peer, initial_holder, rand_incarnation()),
+            lease_path: warmspare_store::layout::lease(),
+        }
+    }
+}
+
+/// A number unique to this process start.
+fn rand_incarnation() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
+}
+
+/// The driver's state as last published; see [`DriverHandle`] for the
+/// queries that must be answered against the clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriverState {
+    /// This site.
+    pub site: String,
+    /// Whether the driver loop runs.
+    pub running: bool,
+    /// The role when published.
+    pub role: Role,
+    /// End (exclusive, on the driver's clock) of the right to accept
+    /// traffic; `None` when it has none.
+    pub accepting_until: Option<Millis>,
+    /// The epoch of the lease this site holds.
+    pub epoch: Option<u64>,
+    /// The site is fenced.
+    pub fenced: bool,
+    /// Maintenance pause.
+    pub paused: bool,
+    /// Local health as judged by the thresholds.
+    pub local: Health,
+    /// Peer health.
+    pub peer: Health,
+    /// The newest lease record known (held or observed).
+    pub lease: Option<LeaseRecord>,
+    /// For a holder: time left until it must fence, when published.
+    pub time_left: Option<Duration>,
+    /// For a standby: time until the observed lease may be taken over.
+    pub takeover_in: Option<Duration>,
+    /// Latest replication lag measurement.
+    pub lag: Option<Duration>,
+    /// The driver's clock when this was published.
+    pub at: Millis,
+    /// The latest alert.
+    pub last_alert: Option<(AlertKind, String)>,
+}
+
+impl DriverState {
+    fn initial(site: &str) -> Self {
+        DriverState {
+            site: site.to_owned(),
+            running: false,
+            role: Role::Standby,
+            accepting_until: None,
+            epoch: None,
+            fenced: true,
+            paused: false,
+            local: Health::Unknown,
+            peer: Health::Unknown,
+            lease: None,
+            time_left: None,
+            takeover_in: None,
+            lag: None,
+            at: Millis::ZERO,
+            last_alert: None,
+        }
+    }
+}
+
+/// The answer to an operator command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandReply {
+    /// The policy took the command; the message says what happens next.
+    Accepted(String),
+    /// The policy refused it (a guard, wrong site, ...).
+    Refused(String),
+}
+
+enum Input {
+    Event(Event),
+    Command(Command, oneshot::Sender<CommandReply>),
+}
+
+/// A cheap, cloneable handle on a driver: its state, the traffic gate,
+/// probe results in, operator commands in. What the agent's `/active`,
+/// `/standby`, `/status`, `/metrics` and `/failover` use.
+#[derive(Debug, Clone)]
+pub struct DriverHandle {
+    state: watch::Receiver<DriverState>,
+    inputs: mpsc::Sender<Input>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Event(e) => write!(f, "{e:?}"),
+            Input::Command(c, _) => write!(f, "{c:?}"),
+        }
+    }
+}
+
+impl DriverHandle {
+    /// Whether this site may accept live traffic *now*: the driver runs and
+    /// the clock has not reached the end of the current right.
+    pub fn may_accept_traffic(&self) -> bool {
+        if self.inputs.is_closed() {
+            return false;
+        }
+        let state = self.state.borrow();
+        state.running && state.accepting_until.is_some_and(|t| self.clock.now() < t)
+    }
+
+    /// The fencing token for writers: the epoch of the lease while this
+    /// site may accept traffic, `None` otherwise.
+    pub fn current_epoch(&self) -> Option<u64> {
+        let epoch = self.state.borrow().epoch;
+        epoch.filter(|_| self.may_accept_traffic())
+    }
+
+    /// The state as last published.
+    pub fn state(&self) -> DriverState {
+        self.state.borrow().clone()
+    }
+
+    /// A receiver that sees every published state.
+    pub fn subscribe(&self) -> watch::Receiver<DriverState> {
+        self.state.clone()
+    }
+
+    /// The driver's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Delivers an observation (a probe result, a lag measurement).
+    pub async fn send_event(&self, event: Event) -> Result<()> {
+        self.inputs
+            .send(Input::Event(event))
+            .await
+            .map_err(|_| Error::DriverStopped)
+    }
+
+    /// Delivers an operator command and waits for the policy's answer.
+    pub async fn command(&self, command: Command) -> Result<CommandReply> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(Input::Command(command, tx))
+            .await
+            .map_err(|_| Error::DriverStopped)?;
+        rx.await.map_err(|_| Error::DriverStopped)
+    }
+}
+
+/// The lease driver of one site. Build with [`Driver::new`], take
+/// [`Driver::handle`]s, then [`Driver::run`] it until shutdown.
+pub struct Driver {
+    policy: Policy,
+    lease_path: Path,
+    cas: Arc<dyn CompareAndSwap>,
+    actions: Arc<dyn Actions>,
+    clock: Arc<dyn Clock>,
+    state: watch::Sender<DriverState>,
+    inputs_tx: mpsc::Sender<Input>,
+    inputs: mpsc::Receiver<Input>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("site", &self.state.borrow().site)
+            .field("lease_path", &self.lease_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Driver {
+    /// A driver for one site. Fails when the policy timing cannot be safe.
+    ///
+    /// `cas` should come from a store opened with [`lease_store_config`]
+    /// (bounded retries). Only use a backend on which
+    /// [`warmspare_store::probe_cas`] passed.
+    pub fn new(
+        config: DriverConfig,
+        cas: Arc<dyn CompareAndSwap>,
+        actions: Arc<dyn Actions>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let site = config.identity.site.clone();
+        let policy = Policy::new(config.policy, config.identity)?;
+        let (state, _) = watch::channel(DriverState::initial(&site));
+        let (inputs_tx, inputs) = mpsc::channel(256);
+        Ok(Driver {
+            policy,
+            lease_path: config.lease_path,
+            cas,
+            actions,
+            clock,
+            state,
+            inputs_tx,
+            inputs,
+        })
+    }
+
+    /// A handle on this driver (valid after `run` has started, and false /
+    /// stopped once it has ended).
+    pub fn handle(&self) -> DriverHandle {
+        DriverHandle {
+            state: self.state.subscribe(),
+            inputs: self.inputs_tx.clone(),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
+    /// Runs until `shutdown` completes. On return the handle reports "not
+    /// accepting"; the database is left as it is (the lease expires unless
+    /// a restarted agent reclaims it in time).
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        let (work_tx, work_rx) = mpsc::unbounded_channel::<Action>();
+        let worker = tokio::spawn(worker(
+            work_rx,
+            Arc::clone(&self.actions),
+            Arc::clone(&self.cas),
+            self.lease_path.clone(),
+            self.policy.config().request_timeout,
+            self.inputs_tx.clone(),
+        ));
+        // Only the handles keep the channel open from now on; the driver's
+        // own sender would keep `is_closed` false forever.
+        let events_tx = self.inputs_tx.clone();
+        let now = self.clock.now();
+        let actions = self.policy.start(now);
+        self.dispatch(actions, &work_tx, &events_tx, None);
+        self.publish(now, true);
+        tokio::pin!(shutdown);
+        loop {
+            let now = self.clock.now();
+            let wake = self.policy.next_wakeup(now);
+            let sleep = wake.saturating_since(now).min(MAX_TICK);
+            let input = tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                input = self.inputs.recv() => input,
+                () = tokio::time::sleep(sleep) => None,
+            };
+            let now = self.clock.now();
+            let (event, reply) = match input {
+                None => (Event::Tick, None),
+                Some(Input::Event(e)) => (e, None),
+                Some(Input::Command(c, tx)) => (Event::Command(c), Some(tx)),
+            };
+            let actions = self.policy.step(event, now);
+            self.dispatch(actions, &work_tx, &events_tx, reply);
+            self.publish(now, true);
+        }
+        let now = self.clock.now();
+        self.publish(now, false);
+        drop(work_tx);
+        worker.abort();
+        Ok(())
+    }
+
+    fn publish(&self, now: Millis, running: bool) {
+        let s = self.policy.status(now);
+        let last_alert = self.state.borrow().last_alert.clone();
+        self.state.send_replace(DriverState {
+            site: self.state.borrow().site.clone(),
+            running,
+            role: s.role,
+            accepting_until: if running {
+                self.policy.accepting_until()
+            } else {
+                None
+            },
+            epoch: self.policy.epoch(),
+            fenced: s.fenced,
+            paused: s.paused,
+            local: s.local,
+            peer: s.peer,
+            lease: s.lease,
+            time_left: s.time_left,
+            takeover_in: s.takeover_in,
+            lag: s.lag,
+            at: now,
+            last_alert,
+        });
+    }
+
+    fn dispatch(
+        &self,
+        actions: Vec<Action>,
+        work: &mpsc::UnboundedSender<Action>,
+        events: &mpsc::Sender<Input>,
+        mut reply: Option<oneshot::Sender<CommandReply>>,
+    ) {
+        let timeout = self.policy.config().request_timeout;
+        for action in actions {
+            tracing::debug!(?action, "policy action");
+            match action {
+                Action::ReadLease => {
+                    let (cas, path, tx) =
+                        (Arc::clone(&self.cas), self.lease_path.clone(), events.clone());
+                    tokio::spawn(async move {
+                        let event = lease::read_event(cas, path, timeout).await;
+                        let _ = tx.send(Input::Event(event)).await;
+                    });
+                }
+                Action::AcquireLease { .. } | Action::RenewLease { .. } => {
+                    let Some((request, record, condition)) = action.lease_write() else {
+                        continue;
+                    };
+                    let (record, cas, path, tx) = (
+                        record.clone(),
+                        Arc::clone(&self.cas),
+                        self.lease_path.clone(),
+                        events.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let event =
+                            lease::write_event(cas, path, timeout, request, record, condition)
+                                .await;
+                        let _ = tx.send(Input::Event(event)).await;
+                    });
+                }
+                Action::Alert {
+                    severity,
+                    kind,
+                    ref message,
+                } => {
+                    if let Some(tx) = reply.take_if(|_| {
+                        matches!(kind, AlertKind::CommandAccepted | AlertKind::CommandRefused)
+                    }) {
+                        let _ = tx.send(if kind == AlertKind::CommandAccepted {
+                            CommandReply::Accepted(message.clone())
+                        } else {
+                            CommandReply::Refused(message.clone())
+                        });
+                    }
+                    if severity >= crate::policy::Severity::Warning {
+                        self.state.send_modify(|s| s.last_alert = Some((kind, message.clone())));
+                    }
+                    let _ = work.send(action);
+                }
+                other => {
+                    let _ = work.send(other);
+                }
+            }
+        }
+        if let Some(tx) = reply {
+            let _ = tx.send(CommandReply::Accepted("ok".into()));
+        }
+    }
+}
+
+/// Carries out the ordered actions one at a time.
+async fn worker(
+    mut work: mpsc::UnboundedReceiver<Action>,
+    actions: Arc<dyn Actions>,
+    cas: Arc<dyn CompareAndSwap>,
+    path: Path,
+    timeout: Duration,
+    events: mpsc::Sender<Input>,
+) {
+    while let Some(action) = work.recv().await {
+        let result = match &action {
+            Action::Fence { reason } => actions.fence(*reason).await,
+            Action::Unfence { epoch } => actions.unfence(*epoch).await,
+            Action::Promote { epoch, trigger } => actions.promote(*epoch, *trigger).await,
+            Action::RunHook { kind, epoch } => actions.run_hook(*kind, *epoch).await,
+            Action::RestartLocal => actions.restart_local().await,
+            Action::Alert {
+                severity,
+                kind,
+                message,
+            } => {
+                actions.alert(*severity, *kind, message).await;
+                Ok(())
+            }
+            Action::ReleaseLease { .. } => {
+                if let Some((request, record, condition)) = action.lease_write() {
+                    let event = lease::write_event(
+                        Arc::clone(&cas),
+                        path.clone(),
+                        timeout,
+                        request,
+                        record.clone(),
+                        condition,
+                    )
+                    .await;
+                    let _ = events.send(Input::Event(event)).await;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(error) = result {
+            tracing::error!(?action, %error, "failover action failed");
+        }
+    }
+}

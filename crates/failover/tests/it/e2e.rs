@@ -1,0 +1,266 @@
+//! End to end: two lease drivers in one process, each with the real
+//! PostgreSQL actions on its own cluster (a primary and a streaming standby
+//! made with `pg_basebackup -R`), the lease on the real S3 server (moto).
+//!
+//! Skipped (with a note) when moto is not installed, unless
+//! `WARMSPARE_REQUIRE_S3` is set.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warmspare_failover::actions::{Hooks, PostgresActions, SiteActions};
+use warmspare_failover::driver::{CommandReply, lease_store_config};
+use warmspare_failover::policy::{Command, PolicyConfig, Target};
+use warmspare_failover::probe::{Probe, ProbeRunner};
+use warmspare_failover::{DriverHandle, FailoverMode};
+use warmspare_store::{CompareAndSwap, ConditionalPutCas, Store, StoreConfig};
+use warmspare_testkit::{Fault, FaultStore, Op, PostgresCluster, S3Server, postgres_scratch_dir};
+
+use crate::support::{Running, fast_policy, overlap_monitor, start_driver, wait_for};
+
+/// A lease store on a fresh bucket, opened with the lease's bounded retries.
+async fn lease_store(policy: &PolicyConfig) -> Option<Store> {
+    let s3 = S3Server::try_shared().await.expect("s3")?;
+    let bucket = s3.unique_bucket("lease").await.expect("bucket");
+    let config = StoreConfig::new(format!("s3://{bucket}"))
+        .with_endpoint(s3.endpoint())
+        .with_region(s3.region())
+        .with_allow_http(true)
+        .with_path_style(true)
+        .with_credentials(s3.access_key_id(), s3.secret_access_key());
+    Some(Store::open(&lease_store_config(&config, policy)).expect("open store"))
+}
+
+/// A streaming standby of `primary`.
+async fn standby_of(primary: &PostgresCluster) -> PostgresCluster {
+    let scratch = postgres_scratch_dir().expect("scratch");
+    let target = scratch.path().join("standby");
+    let output = tokio::process::Command::new(primary.bin_dir().join("pg_basebackup"))
+        .arg("-d")
+        .arg(primary.url())
+        .arg("-D")
+        .arg(&target)
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"])
+        .output()
+        .await
+        .expect("run pg_basebackup");
+    assert!(output.status.success(), "{output:?}");
+    PostgresCluster::builder()
+        .from_data_dir(&target)
+        .start()
+        .await
+        .expect("start standby")
+}
+
+fn site_actions(site: &str, cluster: &PostgresCluster) -> Arc<SiteActions> {
+    Arc::new(SiteActions {
+        database: PostgresActions::new(cluster.url(), site),
+        hooks: Hooks {
+            site: site.into(),
+            on_promote: Vec::new(),
+            on_fence: Vec::new(),
+            timeout: Duration::from_secs(5),
+        },
+    })
+}
+
+/// Local PostgreSQL probes feeding the driver, as the agent will run them.
+fn probes(handle: &DriverHandle, cluster: &PostgresCluster, policy: &PolicyConfig) -> tokio::task::JoinHandle<()> {
+    let runner = ProbeRunner {
+        target: Target::Local,
+        probes: vec![Probe::Postgres {
+            url: cluster.url(),
+            write_check: false,
+        }],
+        interval: policy.read_interval,
+        timeout: Duration::from_secs(1),
+    };
+    let (tx, _) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(runner.run(handle.clone(), Arc::new(tx)))
+}
+
+/// Whether a write to `cluster` is accepted now.
+async fn write_ok(cluster: &PostgresCluster) -> bool {
+    cluster
+        .psql("CREATE TABLE IF NOT EXISTS app (x int); INSERT INTO app VALUES (1)")
+        .await
+        .is_ok()
+}
+
+async fn read_only(cluster: &PostgresCluster) -> bool {
+    cluster
+        .psql("SHOW default_transaction_read_only")
+        .await
+        .is_ok_and(|v| v.trim() == "on")
+}
+
+struct Pair {
+    primary_pg: PostgresCluster,
+    spare_pg: PostgresCluster,
+    primary: Running,
+    spare: Running,
+    probes: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A primary holding the lease and accepting writes, and a streaming
+/// standby watching it. `primary_cas` lets a test wrap the primary's view
+/// of the repository.
+async fn pair(
+    policy: &PolicyConfig,
+    spare_policy: &PolicyConfig,
+    primary_cas: impl FnOnce(&Store) -> Arc<dyn CompareAndSwap>,
+) -> Option<Pair> {
+    let store = lease_store(policy).await?;
+    let primary_pg = PostgresCluster::start().await.expect("primary");
+    let spare_pg = standby_of(&primary_pg).await;
+    let primary = start_driver(
+        policy.clone(),
+        "primary",
+        "spare",
+        true,
+        primary_cas(&store),
+        site_actions("primary", &primary_pg),
+    );
+    let spare = start_driver(
+        spare_policy.clone(),
+        "spare",
+        "primary",
+        false,
+        Arc::clone(store.cas()),
+        site_actions("spare", &spare_pg),
+    );
+    let probes = vec![
+        probes(&primary.handle, &primary_pg, policy),
+        probes(&spare.handle, &spare_pg, spare_policy),
+    ];
+    assert!(
+        wait_for(Duration::from_secs(20), async || primary.handle.may_accept_traffic()).await,
+        "primary never accepted: {:?}",
+        primary.handle.state()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), async || write_ok(&primary_pg).await).await,
+        "primary database never writable"
+    );
+    assert!(!spare.handle.may_accept_traffic());
+    assert!(!write_ok(&spare_pg).await, "the standby accepts no writes");
+    Some(Pair {
+        primary_pg,
+        spare_pg,
+        primary,
+        spare,
+        probes,
+    })
+}
+
+async fn epochs(cluster: &PostgresCluster) -> String {
+    cluster
+        .psql("SELECT string_agg(epoch::text || ':' || site, ',' ORDER BY epoch) FROM warmspare.epoch")
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_primary_is_replaced_by_the_promoted_standby() {
+    let policy = fast_policy(Duration::from_secs(3));
+    let Some(p) = pair(&policy, &policy, |s| Arc::clone(s.cas())).await else {
+        return;
+    };
+    assert_eq!(epochs(&p.primary_pg).await.trim(), "1:primary");
+    // Let the primary's epoch row reach the standby.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // kill -9 of the whole primary site: its driver and its database.
+    p.primary.kill();
+    p.probes[0].abort();
+    p.primary_pg.kill().await.expect("kill primary");
+    let killed = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg).await).await,
+        "spare never accepted writes: {:?}",
+        p.spare.handle.state()
+    );
+    let took = killed.elapsed();
+    eprintln!("failover (ttl 3s): first write accepted {took:?} after kill -9");
+    assert!(p.spare.handle.may_accept_traffic());
+    assert_eq!(p.spare.handle.current_epoch(), Some(2));
+    assert_eq!(epochs(&p.spare_pg).await.trim(), "1:primary,2:spare");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_cut_from_the_repository_fences_itself_before_the_spare_promotes() {
+    let policy = fast_policy(Duration::from_secs(3));
+    let fault = std::sync::Mutex::new(None);
+    let Some(p) = pair(&policy, &policy, |s| {
+        let f = Arc::new(FaultStore::new(Arc::clone(s.object_store())));
+        *fault.lock().unwrap() = Some(Arc::clone(&f));
+        Arc::new(ConditionalPutCas::new(f))
+    })
+    .await
+    else {
+        return;
+    };
+    let fault = fault.lock().unwrap().take().unwrap();
+    let (overlaps, monitor) = overlap_monitor(p.primary.handle.clone(), p.spare.handle.clone());
+    for op in [Op::Put, Op::Get, Op::Head] {
+        fault.inject(Fault::error(op));
+    }
+    let cut = Instant::now();
+    // The primary's database turns read-only...
+    assert!(
+        wait_for(Duration::from_secs(15), async || read_only(&p.primary_pg).await).await,
+        "primary never fenced: {:?}",
+        p.primary.handle.state()
+    );
+    let fenced = cut.elapsed();
+    assert!(!p.primary.handle.may_accept_traffic());
+    assert!(!write_ok(&p.primary_pg).await, "fenced primary refuses writes");
+    // ...before the spare is promoted.
+    assert!(
+        !p.spare.handle.may_accept_traffic() && !write_ok(&p.spare_pg).await,
+        "spare promoted before the primary fenced"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg).await).await,
+        "spare never took over: {:?}",
+        p.spare.handle.state()
+    );
+    let promoted = cut.elapsed();
+    eprintln!("repository cut: primary fenced after {fenced:?}, spare writable after {promoted:?}");
+    assert!(fenced < promoted);
+    assert!(!write_ok(&p.primary_pg).await, "old primary stays fenced");
+    assert_eq!(*overlaps.lock().unwrap(), 0, "both sites accepted traffic at once");
+    monitor.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_mode_waits_for_the_operator() {
+    let policy = fast_policy(Duration::from_secs(3));
+    let manual = PolicyConfig {
+        mode: FailoverMode::Manual,
+        ..policy.clone()
+    };
+    let Some(p) = pair(&policy, &manual, |s| Arc::clone(s.cas())).await else {
+        return;
+    };
+    p.primary.kill();
+    p.probes[0].abort();
+    p.primary_pg.kill().await.expect("kill primary");
+    // Well past ttl + margin: nothing happens on its own.
+    tokio::time::sleep(policy.lease_ttl * 2 + policy.lease_margin).await;
+    assert!(!p.spare.handle.may_accept_traffic());
+    assert!(!write_ok(&p.spare_pg).await, "manual mode promoted on its own");
+    let reply = p
+        .spare
+        .handle
+        .command(Command::Failover { force: false })
+        .await
+        .expect("driver runs");
+    assert!(matches!(reply, CommandReply::Accepted(_)), "{reply:?}");
+    assert!(
+        wait_for(Duration::from_secs(15), async || write_ok(&p.spare_pg).await).await,
+        "spare never took over after the command: {:?}",
+        p.spare.handle.state()
+    );
+    assert_eq!(p.spare.handle.current_epoch(), Some(2));
+}
