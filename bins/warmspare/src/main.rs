@@ -67,6 +67,14 @@ enum Command {
     Reconcile(cmd::reconcile::Args),
     /// The WAL archive: `wal push` for archive_command, `wal fetch` for restore_command.
     Wal(cmd::wal::Args),
+    /// Sites, lease holder and epoch, each site's database role and agent.
+    Status(cmd::status::Args),
+    /// The lease in the repository (`lease show`).
+    Lease(cmd::lease::Args),
+    /// Ask a site's agent to take over (`--to SITE`, `--force`).
+    Failover(cmd::failover::Args),
+    /// Ask the lease holder's agent to hand over to `--to SITE`, losing no data.
+    Switchover(cmd::failover::SwitchoverArgs),
 }
 
 /// Options every command sees.
@@ -126,6 +134,10 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Sync(args) => cmd::sync::run(&global, args),
         Command::Reconcile(args) => cmd::reconcile::run(&global, args),
         Command::Wal(args) => cmd::wal::run(&global, args),
+        Command::Status(args) => cmd::status::run(&global, args),
+        Command::Lease(args) => cmd::lease::run(&global, args),
+        Command::Failover(args) => cmd::failover::run(&global, args),
+        Command::Switchover(args) => cmd::failover::run_switchover(&global, args),
     }
 }
 

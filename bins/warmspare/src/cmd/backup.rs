@@ -2,6 +2,7 @@
 //! together), or one half: `backup db`, `backup artifacts`.
 
 use std::io;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,7 +11,11 @@ use serde::Serialize;
 use warmspare_replicate::{
     PointEvent, PointRequest, SyncEvent, backup_artifacts, previous_inventory, take_recovery_point,
 };
-use warmspare_snapshot::{LogicalBackupOptions, SnapshotSummary, backup_logical};
+use warmspare_snapshot::physical::Checkpoint;
+use warmspare_snapshot::{
+    Event, LogicalBackupOptions, PhysicalBackupOptions, SnapshotSummary, backup_logical,
+    backup_physical, wal,
+};
 use warmspare_store::Store;
 
 use super::parse_duration;
@@ -43,8 +48,10 @@ pub(crate) struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// A logical snapshot (pg_dump) of this site's database into the repository.
-    Db(DbArgs),
+    /// A snapshot of this site's database into the repository: logical
+    /// (pg_dump), or with --physical a base backup (pg_basebackup) that the
+    /// WAL archive makes restorable to any point in time.
+    Db(DbCommand),
     /// An inventory of this site's artifact store, with the contents of new
     /// or changed objects stored once, content-addressed.
     Artifacts(ArtifactArgs),
@@ -75,6 +82,37 @@ struct DbArgs {
 
     #[command(flatten)]
     tools: PgTools,
+}
+
+/// `backup db`: the logical options, or `--physical` and its own.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "--physical needs the server to archive its WAL into this repository \
+                  (wal_level = replica, archive_mode = on, archive_command = 'warmspare \
+                  --config FILE wal push %p'), a role with REPLICATION and a replication \
+                  line in pg_hba.conf; see docs/wal-archive.md."
+)]
+struct DbCommand {
+    /// A physical snapshot: pg_basebackup of the whole cluster, committed
+    /// once the WAL it needs is in the repository.
+    #[arg(long, conflicts_with_all = ["globals", "no_row_counts", "lock_wait_timeout"])]
+    physical: bool,
+
+    /// With --physical: how long to wait, once the base backup is stored,
+    /// for its WAL to reach the repository.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration,
+          requires = "physical")]
+    wal_timeout: Duration,
+
+    /// With --physical: take the starting checkpoint at once ("fast", an
+    /// I/O burst) or spread like a scheduled one ("spread", gentler but
+    /// slower to start).
+    #[arg(long, value_name = "HOW", default_value = "fast",
+          value_parser = ["fast", "spread"], requires = "physical")]
+    checkpoint: String,
+
+    #[command(flatten)]
+    db: DbArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -181,7 +219,8 @@ struct PointSummary {
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
-        Some(What::Db(db)) => run_db(global, &db),
+        Some(What::Db(db)) if db.physical => run_physical(global, &db),
+        Some(What::Db(db)) => run_db(global, &db.db),
         Some(What::Artifacts(a)) => run_artifacts(global, &a),
         None => run_point(global, &args.db, &args.artifacts),
     }
@@ -237,6 +276,124 @@ fn run_db(global: &Global, args: &DbArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::from(EXIT_OK))
+}
+
+/// The `--json` result of `backup db --physical`.
+#[derive(Debug, Serialize)]
+struct PhysicalSummary {
+    #[serde(flatten)]
+    snapshot: SnapshotSummary,
+    /// `user@host:port/database` of the source.
+    source: String,
+    server_version: String,
+    timeline: u32,
+    start_lsn: String,
+    stop_lsn: String,
+    start_wal: String,
+    stop_wal: String,
+    /// Wall-clock seconds of the whole command, the wait for the WAL
+    /// included.
+    seconds: f64,
+}
+
+fn run_physical(global: &Global, args: &DbCommand) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(global)?;
+    let (site, site_config) = repo::current_site(&config)?;
+    let secrets = repo::secrets(&config, []);
+    let mut options = PhysicalBackupOptions::default()
+        .with_connect_timeout(args.db.connect_timeout)
+        .with_wal_timeout(args.wal_timeout)
+        .with_checkpoint(match args.checkpoint.as_str() {
+            "spread" => Checkpoint::Spread,
+            _ => Checkpoint::Fast,
+        });
+    if let Some(dir) = &args.db.tools.pg_bin_dir {
+        options = options.with_bin_dir(dir.clone());
+    }
+    eprintln!(
+        "backup: site {site}, database {} (physical)",
+        site_config.database.redacted()
+    );
+
+    let started = std::time::Instant::now();
+    let progress = Progress::new("backup");
+    let result = super::runtime()?.block_on(async {
+        let repository = repo::open(&config, Open::OrInit, &secrets).await?;
+        // No lease epoch until the failover driver records one.
+        let epoch = None;
+        backup_physical(
+            &repository,
+            site_config.database.expose(),
+            &options,
+            epoch,
+            time::OffsetDateTime::now_utc(),
+            Some(&|event| match event {
+                Event::PhysicalBackup(step) => progress.step(step.as_str()),
+                other => progress.event(other),
+            }),
+        )
+        .await
+        .map_err(|e| physical_failure(&e, &global.config, &secrets))
+    });
+    progress.finish();
+    let backup = result?;
+
+    let summary = PhysicalSummary {
+        snapshot: SnapshotSummary::from_manifest(&backup.manifest),
+        source: backup.meta.source.clone(),
+        server_version: backup.meta.server_version.clone(),
+        timeline: backup.meta.timeline,
+        start_lsn: backup.meta.start_lsn.to_string(),
+        stop_lsn: backup.meta.stop_lsn.to_string(),
+        start_wal: backup.meta.start_wal.clone(),
+        stop_wal: backup.meta.stop_wal.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if global.json {
+        output::write_json(&mut io::stdout().lock(), &summary)?;
+    } else {
+        println!(
+            "snapshot {}: physical, {} ({} stored), WAL {} to {} (timeline {}), in {}",
+            summary.snapshot.id,
+            output::bytes(summary.snapshot.size.unwrap_or(0)),
+            output::bytes(summary.snapshot.stored_size.unwrap_or(0)),
+            summary.start_lsn,
+            summary.stop_lsn,
+            summary.timeline,
+            output::duration(Duration::from_secs_f64(summary.seconds)),
+        );
+    }
+    Ok(ExitCode::from(EXIT_OK))
+}
+
+/// A physical backup's error; a server that does not archive also gets
+/// the settings to add, with this binary and configuration filled in.
+fn physical_failure(
+    error: &warmspare_snapshot::Error,
+    config: &Path,
+    secrets: &[String],
+) -> anyhow::Error {
+    let failure = repo::failure(error, secrets);
+    if !matches!(
+        error.root(),
+        warmspare_snapshot::Error::ArchiveModeOff { .. }
+    ) {
+        return failure;
+    }
+    anyhow::anyhow!("{failure}; {}", archive_settings(config))
+}
+
+/// The server settings that archive WAL into this repository, as lines of
+/// postgresql.conf (joined by "; " for one error line).
+fn archive_settings(config: &Path) -> String {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "warmspare".into());
+    let config = std::path::absolute(config).unwrap_or_else(|_| config.to_path_buf());
+    let command = wal::archive_command(&exe, &config);
+    format!(
+        "set in postgresql.conf: wal_level = replica; archive_mode = on; \
+         archive_command = '{}'; then restart the server",
+        command.replace('\'', "''")
+    )
 }
 
 fn run_artifacts(global: &Global, args: &ArtifactArgs) -> anyhow::Result<ExitCode> {

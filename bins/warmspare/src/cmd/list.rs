@@ -3,15 +3,18 @@
 //!
 //! `--json` prints `{"points": [...], "snapshots": [...], "inventories":
 //! [...]}`: every recovery point (its snapshot, inventory, WAL position,
-//! times), every snapshot, and the ids of all artifact inventories.
+//! times), every snapshot (physical ones with their start and stop LSN),
+//! and the ids of all artifact inventories.
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
 
+use futures::StreamExt as _;
 use serde::Serialize;
 use warmspare_replicate::{RecoveryPoint, list_inventories, list_points, read_point};
+use warmspare_snapshot::physical::PhysicalMeta;
 use warmspare_snapshot::{SnapshotStatus, SnapshotSummary, catalog};
-use warmspare_store::Repository;
+use warmspare_store::{Repository, SnapshotKind};
 
 use crate::repo::{self, Open};
 use crate::{EXIT_OK, Global, output};
@@ -38,12 +41,29 @@ struct PointRow {
     point: Option<RecoveryPoint>,
 }
 
+/// One snapshot as listed: the catalog's summary, plus the WAL range of a
+/// physical snapshot.
+#[derive(Debug, Serialize)]
+struct SnapshotRow {
+    #[serde(flatten)]
+    summary: SnapshotSummary,
+    /// Where replay starts (physical snapshots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_lsn: Option<String>,
+    /// Where the snapshot is consistent (physical snapshots).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop_lsn: Option<String>,
+}
+
+/// How many physical manifests are read at once for their LSNs.
+const MANIFEST_READS: usize = 8;
+
 /// What `list --json` prints.
 #[derive(Debug, Serialize)]
 struct Listing<'a> {
     points: &'a [PointRow],
     #[serde(skip_serializing_if = "Option::is_none")]
-    snapshots: Option<&'a [SnapshotSummary]>,
+    snapshots: Option<&'a [SnapshotRow]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     inventories: Option<Vec<String>>,
 }
@@ -57,7 +77,7 @@ const POINT_HEADERS: [&str; 6] = [
     "WAL",
 ];
 
-const HEADERS: [&str; 8] = [
+const HEADERS: [&str; 9] = [
     "ID",
     "KIND",
     "STATUS",
@@ -66,6 +86,7 @@ const HEADERS: [&str; 8] = [
     "SIZE",
     "STORED",
     "DATABASE",
+    "LSN (START-STOP)",
 ];
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
@@ -80,6 +101,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let snapshots = catalog::list(&repository, args.all)
             .await
             .map_err(|e| repo::failure(&e, &secrets))?;
+        let snapshots = with_lsns(&repository, snapshots).await;
         let inventories = list_inventories(&repository)
             .await
             .map_err(|e| super::sync::failure(&e, &secrets))?;
@@ -108,7 +130,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             if !points.is_empty() {
                 writeln!(stdout)?;
             }
-            let rows: Vec<[String; 8]> = snapshots.iter().map(row).collect();
+            let rows: Vec<[String; 9]> = snapshots.iter().map(row).collect();
             output::write_table(
                 &mut stdout,
                 HEADERS,
@@ -126,7 +148,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(EXIT_OK));
     }
     let mut unreadable = 0;
-    for s in &snapshots {
+    for s in snapshots.iter().map(|r| &r.summary) {
         if let SnapshotStatus::Unreadable(reason) = &s.status {
             unreadable += 1;
             eprintln!(
@@ -216,7 +238,35 @@ fn point_row(p: &PointRow) -> [String; 6] {
     ]
 }
 
-fn row(s: &SnapshotSummary) -> [String; 8] {
+/// Adds the start and stop LSN of each complete physical snapshot: one
+/// more manifest read for each (logical ones cost nothing). A manifest
+/// that cannot be read now just shows no LSNs.
+async fn with_lsns(repository: &Repository, snapshots: Vec<SnapshotSummary>) -> Vec<SnapshotRow> {
+    futures::stream::iter(snapshots)
+        .map(|summary| async move {
+            let physical = summary.kind == Some(SnapshotKind::Physical)
+                && matches!(summary.status, SnapshotStatus::Complete);
+            let meta = if physical {
+                catalog::read_manifest(repository, &summary.id)
+                    .await
+                    .and_then(|m| PhysicalMeta::from_manifest(&m))
+                    .ok()
+            } else {
+                None
+            };
+            SnapshotRow {
+                summary,
+                start_lsn: meta.as_ref().map(|m| m.start_lsn.to_string()),
+                stop_lsn: meta.as_ref().map(|m| m.stop_lsn.to_string()),
+            }
+        })
+        .buffered(MANIFEST_READS)
+        .collect()
+        .await
+}
+
+fn row(r: &SnapshotRow) -> [String; 9] {
+    let s = &r.summary;
     let dash = || "-".to_owned();
     let status = match &s.status {
         SnapshotStatus::Complete => "complete".to_owned(),
@@ -234,5 +284,9 @@ fn row(s: &SnapshotSummary) -> [String; 8] {
         s.size.map(output::bytes).unwrap_or_else(dash),
         s.stored_size.map(output::bytes).unwrap_or_else(dash),
         s.database.clone().unwrap_or_else(dash),
+        match (&r.start_lsn, &r.stop_lsn) {
+            (Some(start), Some(stop)) => format!("{start}-{stop}"),
+            _ => dash(),
+        },
     ]
 }

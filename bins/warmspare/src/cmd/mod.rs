@@ -3,11 +3,14 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod demo;
+pub(crate) mod failover;
 pub(crate) mod init;
+pub(crate) mod lease;
 pub(crate) mod list;
 pub(crate) mod prune;
 pub(crate) mod reconcile;
 pub(crate) mod restore;
+pub(crate) mod status;
 pub(crate) mod sync;
 pub(crate) mod verify;
 pub(crate) mod wal;

@@ -41,6 +41,24 @@ struct Outcome<'a> {
     objects_deleted: u64,
     /// Deletions that failed; the next prune finishes them.
     failures: Vec<Failure>,
+    /// The WAL archive: kept from `keep_from` on, or left alone (`skipped`
+    /// says why).
+    wal: WalOutcome<'a>,
+}
+
+/// The WAL part of the `--json` result.
+#[derive(Debug, Serialize)]
+struct WalOutcome<'a> {
+    /// The start segment of the oldest kept physical snapshot: WAL from
+    /// there on is kept.
+    keep_from: Option<&'a str>,
+    /// Why the WAL archive was left alone, when it was.
+    skipped: Option<&'a str>,
+    /// WAL files before `keep_from` (deleted unless this is a dry run).
+    deletable: u64,
+    deleted: u64,
+    /// Deletions that failed; the next prune retries them.
+    failures: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,6 +103,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             error: scrubbed(e),
         })
         .collect();
+    let wal_failures: Vec<String> = report.wal.failures.iter().map(|e| scrubbed(e)).collect();
     let mut stdout = io::stdout().lock();
     if global.json {
         let outcome = Outcome {
@@ -102,10 +121,18 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             deleted: &report.deleted,
             objects_deleted: report.objects_deleted,
             failures,
+            wal: WalOutcome {
+                keep_from: report.wal.keep_from.as_deref(),
+                skipped: report.wal.skipped.as_deref(),
+                deletable: report.wal.deletable,
+                deleted: report.wal.deleted,
+                failures: wal_failures.clone(),
+            },
         };
         output::write_json(&mut stdout, &outcome)?;
     } else {
-        let rows = rows(&report, &failures, &secrets);
+        let mut rows = rows(&report, &failures, &secrets);
+        rows.push(wal_row(&report, &wal_failures).map(|c| output::scrub(&c, &secrets)));
         output::write_table(
             &mut stdout,
             HEADERS,
@@ -120,6 +147,35 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .map(|g| g.plan.keep.len())
         .sum::<usize>()
         + report.unreadable.len();
+    let wal = &report.wal;
+    if let Some(reason) = &wal.skipped {
+        eprintln!(
+            "prune: wal archive left alone: {}",
+            output::scrub(reason, &secrets)
+        );
+    } else if let Some(from) = &wal.keep_from {
+        let failed = match wal_failures.len() {
+            0 => String::new(),
+            n => format!(
+                "; {n} deletions FAILED (the next prune retries them): {}",
+                wal_failures[0]
+            ),
+        };
+        if report.dry_run {
+            eprintln!(
+                "prune: wal archive: would delete {} before {from}, the start of the oldest \
+                 kept physical snapshot",
+                files(wal.deletable)
+            );
+        } else {
+            eprintln!(
+                "prune: wal archive: deleted {} of {} before {from}, the start of the oldest \
+                 kept physical snapshot{failed}",
+                wal.deleted,
+                files(wal.deletable)
+            );
+        }
+    }
     if report.dry_run {
         eprintln!(
             "prune: dry run: would delete {planned} snapshots and keep {kept}; nothing was deleted"
@@ -140,6 +196,47 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         EXIT_FAILED
     }))
+}
+
+/// The table's last row: the WAL archive (KIND "wal").
+fn wal_row(report: &PruneReport, failures: &[String]) -> [String; 6] {
+    let wal = &report.wal;
+    let (action, id, reason) = match (&wal.skipped, &wal.keep_from) {
+        (Some(reason), _) => ("keep".to_owned(), "wal archive".to_owned(), reason.clone()),
+        (None, Some(from)) => {
+            let id = format!("wal before {from}");
+            let before = "before the oldest kept physical snapshot's start";
+            if let Some(first) = failures.first() {
+                let reason = format!(
+                    "{} of {} deleted, {} FAILED: {first}",
+                    wal.deleted,
+                    files(wal.deletable),
+                    failures.len()
+                );
+                ("FAILED".to_owned(), id, reason)
+            } else if report.dry_run {
+                let reason = format!("{} {before}", files(wal.deletable));
+                ("delete".to_owned(), id, reason)
+            } else {
+                let reason = format!("{} {before}", files(wal.deleted));
+                ("deleted".to_owned(), id, reason)
+            }
+        }
+        (None, None) => (
+            "keep".to_owned(),
+            "wal archive".to_owned(),
+            "nothing to prune".to_owned(),
+        ),
+    };
+    [action, id, "wal".into(), "-".into(), "-".into(), reason]
+}
+
+/// "1 file", "3 files".
+fn files(n: u64) -> String {
+    match n {
+        1 => "1 file".to_owned(),
+        n => format!("{n} files"),
+    }
 }
 
 /// The table: every snapshot the plan looked at, kept or deleted.

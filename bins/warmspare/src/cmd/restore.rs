@@ -1,17 +1,22 @@
 //! `warmspare restore db <ID|latest> --to <DATABASE_URL>`: restore a
-//! snapshot into the warm spare's database; `warmspare restore artifacts
-//! <ID|latest> --to <STORE_URL>`: write an artifact inventory's state into a
-//! store.
+//! logical snapshot into the warm spare's database; `warmspare restore db
+//! <ID|latest> --to <DATA_DIR> [--target-time TIME] [--standby]`: lay out a
+//! physical snapshot as a data directory that recovers from the WAL
+//! archive; `warmspare restore artifacts <ID|latest> --to <STORE_URL>`:
+//! write an artifact inventory's state into a store.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use serde::Serialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use warmspare_agent::config::redact_url;
-use warmspare_snapshot::{RestoreOptions, catalog, restore_logical};
+use warmspare_snapshot::physical::{PhysicalRestoreOptions, RecoveryTarget, snapshot_for_time};
+use warmspare_snapshot::{Event, RestoreOptions, catalog, restore_logical, restore_physical, wal};
 use warmspare_store::SnapshotKind;
 
 use super::parse_duration;
@@ -27,11 +32,18 @@ pub(crate) struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum What {
-    /// Restore a database snapshot into a database, without ever leaving it half-restored.
+    /// Restore a database snapshot into a database, or a physical one into a data directory.
     ///
-    /// The snapshot is restored into <db>__warmspare_staging, its row counts
-    /// are checked, then it is swapped in by rename; the replaced database
-    /// is kept as <db>__warmspare_previous until the next restore.
+    /// --to postgres://...: a logical snapshot is restored into
+    /// <db>__warmspare_staging, its row counts are checked, then it is
+    /// swapped in by rename; the replaced database is kept as
+    /// <db>__warmspare_previous until the next restore.
+    ///
+    /// --to /path/to/data (absolute, or ./relative): a physical snapshot is
+    /// extracted into the missing or empty directory, with a restore_command
+    /// that runs this binary's `wal fetch` with this configuration file;
+    /// starting PostgreSQL on it replays the WAL archive (up to
+    /// --target-time) and promotes, or with --standby keeps following it.
     Db(DbArgs),
     /// Write one artifact inventory's state into a store: missing and changed
     /// objects only; objects the inventory does not name are reported and
@@ -75,15 +87,24 @@ struct DbArgs {
     #[arg(value_name = "ID|latest")]
     snapshot: String,
 
-    /// Where to restore: a postgres:// URL of the database to replace (a
-    /// data directory, for physical snapshots, is not supported yet).
+    /// Where to restore: a postgres:// URL of the database to replace
+    /// (logical snapshots), or a data directory, absolute or ./relative,
+    /// missing or empty (physical snapshots).
     #[arg(long, value_name = "DATABASE_URL|DATA_DIR")]
     to: String,
 
-    /// Restore to this moment (RFC 3339, such as 2026-11-22T12:00:00Z);
-    /// needs a physical snapshot and the WAL archive.
+    /// Recover to this moment (RFC 3339, such as 2026-11-22T12:00:00Z):
+    /// exactly the transactions committed before it. Needs a physical
+    /// snapshot and the WAL archive; with "latest", the newest physical
+    /// snapshot finished before it.
     #[arg(long, value_name = "TIME", value_parser = parse_time)]
     target_time: Option<OffsetDateTime>,
+
+    /// Physical restores: start as a standby that keeps replaying the WAL
+    /// the primary archives into the repository (standby.signal), instead
+    /// of recovering and promoting.
+    #[arg(long)]
+    standby: bool,
 
     /// pg_restore jobs; more than 1 first spools the verified dump to a
     /// local file (it needs the dump's size in free space).
@@ -129,7 +150,15 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         What::Artifacts(args) => return run_artifacts(global, args),
     };
     if !repo::is_database_url(&args.to) {
-        return Err(not_a_database(&args.to).into());
+        let data_dir = data_dir(&args.to)?;
+        return run_physical(global, &args, &data_dir);
+    }
+    if args.standby {
+        return Err(UsageError(format!(
+            "--standby is for physical restores into a data directory, not --to {}",
+            redact_url(&args.to)
+        ))
+        .into());
     }
     let config = super::load_config(global)?;
     let secrets = repo::secrets(&config, [args.to.as_str()]);
@@ -157,7 +186,14 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             .unwrap_or_else(|| args.snapshot.clone());
         let manifest = catalog::resolve(&repository, &spec, Some(SnapshotKind::Logical))
             .await
-            .map_err(|e| repo::failure(&e, &secrets))?;
+            .map_err(|e| match e.root() {
+                warmspare_snapshot::Error::WrongKind { id, .. } => UsageError(format!(
+                    "snapshot {id} is a physical snapshot: it restores into a data directory \
+                     (--to /path/to/data), not into a database"
+                ))
+                .into(),
+                _ => repo::failure(&e, &secrets),
+            })?;
         eprintln!(
             "restore: snapshot {} into {}",
             manifest.id,
@@ -262,20 +298,195 @@ fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCod
     Ok(super::sync::exit_code(&report))
 }
 
-/// `--to` that is not a database URL: a data directory (physical restore,
-/// not built yet) or a URL of another kind.
-fn not_a_database(to: &str) -> UsageError {
+/// `--to` that is not a database URL: a data directory, absolute or
+/// `./relative` (made absolute here), or else a usage error.
+fn data_dir(to: &str) -> Result<PathBuf, UsageError> {
     if to.contains("://") {
-        UsageError(format!(
+        return Err(UsageError(format!(
             "--to {}: expected a postgres:// URL or a data directory",
             redact_url(to)
-        ))
-    } else {
-        UsageError(format!(
-            "--to {to}: physical restore into a data directory is not available yet; \
-             restore a logical snapshot into a running server with --to postgres://..."
-        ))
+        )));
     }
+    let path = Path::new(to);
+    let explicit = path.is_absolute() || to.starts_with("./") || to.starts_with("../");
+    if !explicit || to.trim().is_empty() {
+        return Err(UsageError(format!(
+            "--to {to:?}: expected a postgres:// URL or a data directory for a physical \
+             restore, written as an absolute path or ./{to}"
+        )));
+    }
+    std::path::absolute(path)
+        .map_err(|e| UsageError(format!("--to {to}: cannot make the path absolute: {e}")))
+}
+
+/// The snapshot a physical restore takes, resolved before anything is
+/// written: `latest` is the newest physical snapshot (with a target time:
+/// the newest finished before it); a logical one is refused.
+async fn physical_manifest(
+    repository: &warmspare_store::Repository,
+    args: &DbArgs,
+    secrets: &[String],
+) -> anyhow::Result<warmspare_store::Manifest> {
+    let spec = point_snapshot(repository, &args.snapshot)
+        .await
+        .unwrap_or_else(|| args.snapshot.clone());
+    let resolved = match (spec.as_str(), args.target_time) {
+        (catalog::LATEST, Some(time)) => snapshot_for_time(repository, time).await,
+        (catalog::LATEST, None) => {
+            catalog::resolve(repository, &spec, Some(SnapshotKind::Physical)).await
+        }
+        _ => catalog::resolve(repository, &spec, None).await,
+    };
+    let manifest = resolved.map_err(|e| match e.root() {
+        warmspare_snapshot::Error::NoSnapshots { .. } => UsageError(
+            "a physical restore into a data directory needs a physical snapshot, and the \
+             repository holds none: take one with `warmspare backup db --physical`, or \
+             restore a logical snapshot into a running server with --to postgres://..."
+                .into(),
+        )
+        .into(),
+        // No physical snapshot old enough: a usage error, like a wrong id.
+        warmspare_snapshot::Error::InvalidRecoveryTarget { .. } => {
+            UsageError(output::scrub(&output::one_line(&e), secrets)).into()
+        }
+        _ => repo::failure(&e, secrets),
+    })?;
+    if manifest.kind != SnapshotKind::Physical {
+        return Err(UsageError(format!(
+            "snapshot {} is a {} snapshot: a physical restore into a data directory needs a \
+             physical snapshot (`warmspare backup db --physical`); restore this one into a \
+             running server with --to postgres://...",
+            manifest.id,
+            output::kind(manifest.kind)
+        ))
+        .into());
+    }
+    Ok(manifest)
+}
+
+/// The `--json` result of a physical restore.
+#[derive(Debug, Serialize)]
+struct PhysicalOutcome {
+    id: String,
+    data_dir: String,
+    /// `recovery.signal` or `standby.signal`.
+    signal_file: &'static str,
+    standby: bool,
+    /// "latest", or the RFC 3339 target time.
+    target: String,
+    bytes: u64,
+    start_lsn: String,
+    stop_lsn: String,
+    restore_command: String,
+}
+
+fn run_physical(global: &Global, args: &DbArgs, data_dir: &Path) -> anyhow::Result<ExitCode> {
+    if args.standby && args.target_time.is_some() {
+        return Err(UsageError(
+            "--standby and --target-time exclude each other: a standby replays all the WAL \
+             the repository holds; a target time needs a recovery that stops there and \
+             promotes"
+                .into(),
+        )
+        .into());
+    }
+    let config = super::load_config(global)?;
+    let secrets = repo::secrets(&config, []);
+    // restore_command runs as the server's user, from the data directory:
+    // absolute paths only.
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let config_path = std::path::absolute(&global.config)
+        .with_context(|| format!("cannot make {} absolute", global.config.display()))?;
+    let restore_command = wal::restore_command(&exe, &config_path);
+    let target = match args.target_time {
+        Some(time) => RecoveryTarget::Time(time),
+        None => RecoveryTarget::Latest,
+    };
+    let options = PhysicalRestoreOptions::new(restore_command.clone())
+        .with_target(target)
+        .with_standby(args.standby);
+
+    let progress = Progress::new("restore");
+    let result = super::runtime()?.block_on(async {
+        let repository = repo::open(&config, Open::Existing, &secrets).await?;
+        let manifest = physical_manifest(&repository, args, &secrets).await?;
+        eprintln!(
+            "restore: physical snapshot {} into {}{}",
+            manifest.id,
+            data_dir.display(),
+            match (args.standby, args.target_time) {
+                (true, _) => " as a standby".to_owned(),
+                (false, Some(t)) => format!(", recovery to {}", output::time(t)),
+                (false, None) => ", recovery to the end of the WAL archive".to_owned(),
+            }
+        );
+        restore_physical(
+            &repository,
+            &manifest.id,
+            data_dir,
+            &options,
+            Some(&|event| match event {
+                Event::PhysicalRestore(step) => progress.step(step.as_str()),
+                other => progress.event(other),
+            }),
+        )
+        .await
+        .map_err(|e| repo::failure(&e, &secrets))
+    });
+    progress.finish();
+    let report = result?;
+
+    let outcome = PhysicalOutcome {
+        id: report.id.to_string(),
+        data_dir: report.data_dir.display().to_string(),
+        signal_file: report.signal_file,
+        standby: args.standby,
+        target: match args.target_time {
+            Some(t) => t.format(&Rfc3339).unwrap_or_else(|_| output::time(t)),
+            None => "latest".into(),
+        },
+        bytes: report.bytes,
+        start_lsn: report.meta.start_lsn.to_string(),
+        stop_lsn: report.meta.stop_lsn.to_string(),
+        restore_command,
+    };
+    if global.json {
+        output::write_json(&mut io::stdout().lock(), &outcome)?;
+    } else {
+        println!(
+            "restored physical snapshot {} into {} ({}), {} written",
+            outcome.id,
+            outcome.data_dir,
+            output::bytes(outcome.bytes),
+            outcome.signal_file,
+        );
+    }
+    let dir = &outcome.data_dir;
+    eprintln!("restore: next steps:");
+    eprintln!(
+        "restore:   1. hand the files to the server's user: chown -R postgres: {dir} \
+         (they belong to whoever ran this restore)"
+    );
+    eprintln!(
+        "restore:   2. make sure that user can read {} (restore_command runs as it)",
+        config_path.display()
+    );
+    eprintln!(
+        "restore:   3. start PostgreSQL on it, e.g. as postgres: pg_ctl -D {dir} start; {}",
+        if args.standby {
+            "it stays a standby, replaying each segment as the primary archives it \
+             (promote: pg_ctl promote)"
+        } else if args.target_time.is_some() {
+            "it replays the WAL committed before the target time, then promotes"
+        } else {
+            "it replays all the WAL the repository holds, then promotes"
+        }
+    );
+    eprintln!(
+        "restore: the copy keeps the source's settings, archive_command included; \
+         for a drill set archive_mode = off in {dir}/postgresql.auto.conf first"
+    );
+    Ok(ExitCode::from(EXIT_OK))
 }
 
 #[cfg(test)]
@@ -284,13 +495,19 @@ mod tests {
 
     #[test]
     fn targets_that_are_not_databases() {
-        let e = not_a_database("/var/lib/postgresql/16/main").to_string();
-        assert!(e.contains("physical restore"), "{e}");
-        let e = not_a_database("mysql://root:pw@h/db").to_string();
+        assert_eq!(
+            data_dir("/var/lib/postgresql/16/main").unwrap(),
+            Path::new("/var/lib/postgresql/16/main")
+        );
+        let relative = data_dir("./spare/data").unwrap();
+        assert!(relative.is_absolute() && relative.ends_with("spare/data"));
+        let e = data_dir("mysql://root:pw@h/db").unwrap_err().to_string();
         assert!(
             e.contains("expected a postgres:// URL") && !e.contains("pw@"),
             "{e}"
         );
+        let e = data_dir("data").unwrap_err().to_string();
+        assert!(e.contains("./data"), "{e}");
     }
 
     #[test]

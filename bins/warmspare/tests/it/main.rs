@@ -5,6 +5,7 @@
 mod artifacts;
 mod check;
 mod init;
+mod physical;
 mod snapshots;
 mod wal;
 

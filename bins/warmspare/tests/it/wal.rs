@@ -19,10 +19,10 @@ use crate::{file_url, warmspare};
 /// A `file://` repository that the `postgres` user can write to (or a
 /// bucket of the test S3 server), and a configuration file naming it that
 /// the `postgres` user can read.
-struct Archive {
+pub(crate) struct Archive {
     name: &'static str,
-    dir: tempfile::TempDir,
-    config: PathBuf,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) config: PathBuf,
     repo: Repository,
 }
 
@@ -71,7 +71,7 @@ impl Archive {
         out
     }
 
-    async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         let dir = postgres_scratch_dir().expect("scratch dir");
         let root = dir.path().join("repo");
         std::fs::create_dir(&root).expect("mkdir");
@@ -108,7 +108,7 @@ impl Archive {
     }
 
     /// A primary that archives into this repository.
-    async fn primary(&self) -> PostgresCluster {
+    pub(crate) async fn primary(&self) -> PostgresCluster {
         PostgresCluster::builder()
             .setting("wal_level", "replica")
             .setting("archive_mode", "on")
@@ -120,7 +120,7 @@ impl Archive {
 }
 
 /// Polls `check` until it holds, or fails after `limit` with `what`.
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -133,7 +133,7 @@ where
 }
 
 /// Ends the current WAL segment and waits until the archiver has pushed it.
-async fn switch_and_wait_archived(pg: &PostgresCluster) {
+pub(crate) async fn switch_and_wait_archived(pg: &PostgresCluster) {
     let segment = pg
         .psql("SELECT pg_walfile_name(pg_switch_wal())")
         .await
