@@ -12,12 +12,17 @@
 //!   Its safety is tested by simulation over random delays, partitions,
 //!   clock drift and crashes; the argument is written down in
 //!   `docs/failover-safety.md`.
-//! * [`probe`]: health probes; today the PostgreSQL inspection that
-//!   `warmspare check` uses.
+//! * [`driver`]: the lease driver, [`Driver`], which runs the policy: lease
+//!   reads and conditional writes on the repository, in order the
+//!   [`actions`] (promote, fence, hooks), state and the traffic gate out
+//!   through a [`DriverHandle`] for the agent's endpoints.
+//! * [`actions`]: the [`actions::Actions`] seam and its PostgreSQL and hook
+//!   implementations.
+//! * [`probe`]: health probes (PostgreSQL, HTTP, TCP, command) and the
+//!   [`probe::ProbeRunner`] that feeds them into the driver.
+//! * [`remote`]: the client side of the operator commands (an agent's
+//!   `/status` and `/failover`).
 //! * [`config`]: the `[failover]` section of the configuration.
-//!
-//! Not built yet: the driver that turns the policy's actions into lease
-//! writes, promotion, fencing and hooks, and the HTTP/TCP/command probes.
 //!
 //! ```
 //! use warmspare_failover::policy::PolicyConfig;
@@ -35,6 +40,7 @@ pub mod driver;
 mod error;
 pub mod policy;
 pub mod probe;
+pub mod remote;
 
 pub use config::{FailoverConfig, FailoverMode, InvalidFailoverConfig};
 pub use driver::{Driver, DriverConfig, DriverHandle, DriverState};

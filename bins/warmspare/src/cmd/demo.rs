@@ -133,15 +133,23 @@ impl Steps {
 
 /// Everything the demo created; dropping it stops the clusters and removes
 /// the directory (unless kept).
+///
+/// Fields drop in order: the clusters first (each one's watchdog stops its
+/// server and removes its directory), then the directory, then the
+/// watchdog that removes the directory should this process die without
+/// dropping `Lab` (Ctrl-C, SIGKILL). Removing the directory under a running
+/// server would leave the server running.
 struct Lab {
-    dir: tempfile::TempDir,
-    bin_dir: PathBuf,
     primary: Option<Cluster>,
     spare: Option<Cluster>,
+    dir: tempfile::TempDir,
+    dir_watchdog: warmspare_pgcluster::Watchdog,
+    bin_dir: PathBuf,
     primary_store: Arc<dyn ObjectStore>,
     spare_store: Arc<dyn ObjectStore>,
     repo_url: String,
     config_path: PathBuf,
+    failover: warmspare_failover::FailoverConfig,
 }
 
 impl Lab {
@@ -331,7 +339,7 @@ async fn run_on(
             verify(&repo, &point.snapshot_id),
         )
         .await?;
-    let (rows, artifacts) = steps
+    let rows = steps
         .run(
             "compare_rows",
             "the spare's rows equal the primary's",
@@ -339,14 +347,13 @@ async fn run_on(
         )
         .await?;
     summary.packages.spare_rows = rows;
-    steps
+    summary.packages.spare_artifacts = steps
         .run(
             "compare_artifacts",
             "every row on the spare names an artifact in the spare's store with its SHA-256",
-            compare_artifacts(lab, artifacts),
+            compare_artifacts(lab, rows),
         )
         .await?;
-    summary.packages.spare_artifacts = artifacts;
 
     if failover::AVAILABLE {
         let outcome = steps
@@ -379,6 +386,7 @@ async fn setup(bin_dir: &Path) -> anyhow::Result<(Lab, String)> {
         .context("cannot create the demo directory")?;
     // The clusters run as `postgres` when we are root: it must reach them.
     warmspare_pgcluster::shared_parent_dir(dir.path())?;
+    let dir_watchdog = dir_watchdog(dir.path())?;
     let (primary, spare) = tokio::join!(
         Cluster::builder(bin_dir, dir.path())
             .prefix("primary-db-")
@@ -404,8 +412,9 @@ async fn setup(bin_dir: &Path) -> anyhow::Result<(Lab, String)> {
 
     let config_path = dir.path().join("warmspare.toml");
     let config = config_text(&primary, &spare, &paths);
-    // The file must be one the other commands accept.
-    warmspare_agent::Config::from_toml_str(&config, config_path.display().to_string())
+    // The file must be one the other commands accept; the failover step
+    // runs with its [failover] section.
+    let parsed = warmspare_agent::Config::from_toml_str(&config, config_path.display().to_string())
         .context("the demo wrote a config that does not validate")?;
     std::fs::write(&config_path, config)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -417,17 +426,37 @@ async fn setup(bin_dir: &Path) -> anyhow::Result<(Lab, String)> {
     );
     Ok((
         Lab {
-            dir,
-            bin_dir: bin_dir.to_owned(),
             primary: Some(primary),
             spare: Some(spare),
+            dir,
+            dir_watchdog,
+            bin_dir: bin_dir.to_owned(),
             primary_store,
             spare_store,
             repo_url,
             config_path,
+            failover: parsed.failover,
         },
         detail,
     ))
+}
+
+/// Removes `dir` once this process is gone, after the clusters' own
+/// watchdogs have stopped their servers and removed their directories
+/// (named `*-db-*`; at most 30 s).
+fn dir_watchdog(dir: &Path) -> anyhow::Result<warmspare_pgcluster::Watchdog> {
+    const SCRIPT: &str = r#"
+dir=$1
+read -r _ || true
+i=0
+while [ "$i" -lt 300 ] && ls -d "$dir"/*-db-* >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
+rm -rf "$dir"
+"#;
+    Ok(warmspare_pgcluster::Watchdog::spawn(
+        SCRIPT,
+        &[dir.display().to_string()],
+        None,
+    )?)
 }
 
 /// The config file for the demo's two sites, for reruns with `--keep`.
@@ -445,7 +474,15 @@ fn config_text(primary: &Cluster, spare: &Cluster, paths: &[PathBuf]) -> String 
          [sites.spare]\n\
          database = \"{spare_db}\"\n\
          artifacts = \"{spare_art}\"\n\
-         mode = \"logical-restore\"\n",
+         mode = \"logical-restore\"\n\n\
+         # The timings the demo's failover ran with (fast, for one machine).\n\
+         [failover]\n\
+         mode = \"automatic\"\n\
+         interval = \"200ms\"\n\
+         timeout = \"1s\"\n\
+         unhealthy_threshold = 2\n\
+         healthy_threshold = 1\n\
+         lease_ttl = \"3s\"\n",
         repo = file_url(&paths[2]),
         primary_db = primary.url_for(DATABASE),
         primary_art = file_url(&paths[0]),
@@ -596,7 +633,7 @@ async fn backup(lab: &Lab, repo: &Repository) -> anyhow::Result<(PointTaken, Str
 
 fn rows_text(rows: &[warmspare_snapshot::TableRows]) -> String {
     let total: u64 = rows.iter().map(|t| t.rows).sum();
-    format!("{} tables, {total} rows", rows.len())
+    format!("{} table(s), {total} rows", rows.len())
 }
 
 async fn artifact_sync(lab: &Lab) -> anyhow::Result<((), String)> {
@@ -635,7 +672,7 @@ async fn restore(
     Ok((
         (),
         format!(
-            "snapshot {} restored into {} on the spare ({} tables' row counts checked)",
+            "snapshot {} restored into {} on the spare ({} table(s) row-count checked)",
             report.id,
             report.database,
             report.tables_checked.unwrap_or(0)
@@ -673,7 +710,7 @@ async fn verify(
 const ROWS_SQL: &str = "SELECT count(*) || ' ' || coalesce(md5(string_agg(\
      ident || ':' || checksum, ',' ORDER BY ident)), '-') FROM packages";
 
-async fn compare_rows(lab: &Lab) -> anyhow::Result<((u64, u64), String)> {
+async fn compare_rows(lab: &Lab) -> anyhow::Result<(u64, String)> {
     let primary = lab.primary()?.psql_in(DATABASE, ROWS_SQL).await?;
     let spare = lab.spare()?.psql_in(DATABASE, ROWS_SQL).await?;
     if primary != spare {
@@ -684,11 +721,11 @@ async fn compare_rows(lab: &Lab) -> anyhow::Result<((u64, u64), String)> {
         .next()
         .and_then(|n| n.parse().ok())
         .context("unexpected psql output")?;
-    // The artifact check below reads the spare's rows again.
-    Ok(((rows, rows), format!("{rows} rows, digest {spare}")))
+    Ok((rows, format!("{rows} rows, digest {spare}")))
 }
 
-async fn compare_artifacts(lab: &Lab, rows: u64) -> anyhow::Result<((), String)> {
+/// Returns how many artifacts the spare's store holds.
+async fn compare_artifacts(lab: &Lab, rows: u64) -> anyhow::Result<(u64, String)> {
     let listing = lab
         .spare()?
         .psql_in(
@@ -724,7 +761,7 @@ async fn compare_artifacts(lab: &Lab, rows: u64) -> anyhow::Result<((), String)>
         );
     }
     Ok((
-        (),
+        report.listed,
         format!(
             "{} artifacts listed, {} digests checked, none missing or extra",
             report.listed, report.verified
@@ -759,6 +796,7 @@ fn keep(mut lab: Lab) {
             ));
         }
     }
+    lab.dir_watchdog.disarm();
     let dir = lab.dir.keep();
     eprintln!("kept everything under {}:", dir.display());
     for line in lines {

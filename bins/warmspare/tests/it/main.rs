@@ -4,6 +4,7 @@
 
 mod artifacts;
 mod check;
+mod demo;
 mod init;
 mod physical;
 mod snapshots;

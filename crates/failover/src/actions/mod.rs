@@ -51,7 +51,9 @@ pub trait Actions: fmt::Debug + Send + Sync + 'static {
     /// The watchdog asks for the local service to be restarted. The default
     /// does nothing but say so.
     async fn restart_local(&self) -> Result<()> {
-        tracing::warn!("watchdog asked for a restart of the local service; no restart action is configured");
+        tracing::warn!(
+            "watchdog asked for a restart of the local service; no restart action is configured"
+        );
         Ok(())
     }
 

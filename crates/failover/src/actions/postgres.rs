@@ -99,7 +99,12 @@ impl PostgresActions {
         target: &str,
         sql: &str,
     ) -> Result<()> {
-        match tokio::time::timeout(self.timeout, sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut *conn)).await {
+        match tokio::time::timeout(
+            self.timeout,
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned())).execute(&mut *conn),
+        )
+        .await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(self.failed(action, target, &e)),
             Err(_) => Err(Error::Action {
@@ -229,7 +234,8 @@ impl PostgresActions {
         )
         .await?;
         let [schema, table, insert] = record_epoch_sql();
-        self.exec(&mut conn, "record epoch", &target, schema).await?;
+        self.exec(&mut conn, "record epoch", &target, schema)
+            .await?;
         self.exec(&mut conn, "record epoch", &target, table).await?;
         let epoch_i64 = i64::try_from(epoch).unwrap_or(i64::MAX);
         sqlx::query(insert)

@@ -106,8 +106,7 @@ impl ManualClock {
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        self.0
-            .fetch_add(crate::policy::ms(by), Ordering::SeqCst);
+        self.0.fetch_add(crate::policy::ms(by), Ordering::SeqCst);
     }
 }
 

@@ -23,6 +23,35 @@
 //!
 //! Time comes from an injected [`Clock`]; [`BootClock`] reads Linux's
 //! `CLOCK_BOOTTIME` (see its docs for why not `Instant`).
+//!
+//! How the agent hosts it:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use warmspare_failover::actions::{Hooks, PostgresActions, SiteActions};
+//! use warmspare_failover::driver::{BootClock, Driver, DriverConfig};
+//! use warmspare_failover::policy::PolicyConfig;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let url = url::Url::from_directory_path(dir.path()).unwrap();
+//! let store = warmspare_store::Store::open(&warmspare_store::StoreConfig::new(url.as_str()))?;
+//! let actions = Arc::new(SiteActions {
+//!     database: PostgresActions::new("postgres://postgres@127.0.0.1:1/app", "primary"),
+//!     hooks: Hooks::from_config("primary", &Default::default()),
+//! });
+//! let config = DriverConfig::new(PolicyConfig::default(), "primary", "spare", true);
+//! let driver = Driver::new(config, Arc::clone(store.cas()), actions, Arc::new(BootClock::new()))?;
+//! let handle = driver.handle(); // for /active, /status, probes, commands
+//! let shutdown = tokio::time::sleep(Duration::from_millis(50));
+//! let task = tokio::spawn(driver.run(shutdown));
+//! assert!(!handle.may_accept_traffic()); // fenced until it holds the lease
+//! task.await??;
+//! assert!(!handle.state().running && handle.current_epoch().is_none());
+//! # Ok(()) }
+//! ```
 
 mod clock;
 mod lease;
@@ -246,7 +275,7 @@ pub struct Driver {
 impl std::fmt::Debug for Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
-            .field("site", &self.state.borrow().site)
+            .field("site", &self.policy.status(Millis::ZERO).role)
             .field("lease_path", &self.lease_path)
             .finish_non_exhaustive()
     }
@@ -340,9 +369,12 @@ impl Driver {
 
     fn publish(&self, now: Millis, running: bool) {
         let s = self.policy.status(now);
-        let last_alert = self.state.borrow().last_alert.clone();
+        let (site, last_alert) = {
+            let current = self.state.borrow();
+            (current.site.clone(), current.last_alert.clone())
+        };
         self.state.send_replace(DriverState {
-            site: self.state.borrow().site.clone(),
+            site,
             running,
             role: s.role,
             accepting_until: if running {
@@ -376,8 +408,11 @@ impl Driver {
             tracing::debug!(?action, "policy action");
             match action {
                 Action::ReadLease => {
-                    let (cas, path, tx) =
-                        (Arc::clone(&self.cas), self.lease_path.clone(), events.clone());
+                    let (cas, path, tx) = (
+                        Arc::clone(&self.cas),
+                        self.lease_path.clone(),
+                        events.clone(),
+                    );
                     tokio::spawn(async move {
                         let event = lease::read_event(cas, path, timeout).await;
                         let _ = tx.send(Input::Event(event)).await;
@@ -415,7 +450,8 @@ impl Driver {
                         });
                     }
                     if severity >= crate::policy::Severity::Warning {
-                        self.state.send_modify(|s| s.last_alert = Some((kind, message.clone())));
+                        self.state
+                            .send_modify(|s| s.last_alert = Some((kind, message.clone())));
                     }
                     let _ = work.send(action);
                 }

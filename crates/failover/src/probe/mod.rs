@@ -93,7 +93,10 @@ impl Probe {
             });
         }
         Err(ProbeError::InvalidTarget {
-            message: format!("{}: expected http(s)://, tcp:// or postgres://", redact(url)),
+            message: format!(
+                "{}: expected http(s)://, tcp:// or postgres://",
+                redact(url)
+            ),
         })
     }
 
@@ -119,7 +122,12 @@ impl Probe {
                         Some(h),
                     ),
                     Ok(h) => (
-                        Ok(if h.in_recovery { "in recovery" } else { "primary" }.to_owned()),
+                        Ok(if h.in_recovery {
+                            "in recovery"
+                        } else {
+                            "primary"
+                        }
+                        .to_owned()),
                         h.replay_lag,
                         Some(h),
                     ),

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use warmspare_failover::policy::{Command, Event, PromoteTrigger, Role, Target};
-use warmspare_store::{CompareAndSwap, ConditionalPutCas};
 use warmspare_store::object_store::memory::InMemory;
+use warmspare_store::{CompareAndSwap, ConditionalPutCas};
 
 use crate::support::{Recorder, Seen, fast_policy, overlap_monitor, start_driver, wait_for};
 
@@ -50,33 +50,77 @@ async fn primary_holds_spare_takes_over_after_kill_and_never_overlaps() {
     let cas = memory_cas();
     let policy = fast_policy(Duration::from_millis(1200));
     let (pa, sa) = (Recorder::default(), Recorder::default());
-    let primary = start_driver(policy.clone(), "primary", "spare", true, Arc::clone(&cas), Arc::new(pa.clone()));
-    let spare = start_driver(policy.clone(), "spare", "primary", false, Arc::clone(&cas), Arc::new(sa.clone()));
+    let mut primary = start_driver(
+        policy.clone(),
+        "primary",
+        "spare",
+        true,
+        Arc::clone(&cas),
+        Arc::new(pa.clone()),
+    );
+    let spare = start_driver(
+        policy.clone(),
+        "spare",
+        "primary",
+        false,
+        Arc::clone(&cas),
+        Arc::new(sa.clone()),
+    );
     let (overlaps, monitor) = overlap_monitor(primary.handle.clone(), spare.handle.clone());
     let feeders = [feed(primary.handle.clone()), feed(spare.handle.clone())];
-    assert!(wait_for(Duration::from_secs(5), async || primary.handle.may_accept_traffic()).await);
+    assert!(
+        wait_for(Duration::from_secs(5), async || primary
+            .handle
+            .may_accept_traffic())
+        .await
+    );
     assert_eq!(primary.handle.current_epoch(), Some(1));
     assert_eq!(primary.handle.state().role, Role::Primary);
     // The spare observes the lease and stays a standby over several renewals.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(primary.handle.may_accept_traffic(), "renewals keep the lease");
+    assert!(
+        primary.handle.may_accept_traffic(),
+        "renewals keep the lease"
+    );
     assert!(!spare.handle.may_accept_traffic());
-    assert_eq!(spare.handle.state().lease.map(|l| l.holder), Some("primary".into()));
+    assert_eq!(
+        spare.handle.state().lease.map(|l| l.holder),
+        Some("primary".into())
+    );
     let seen = pa.seen();
-    assert_eq!(seen[0], Seen::Fence(warmspare_failover::policy::FenceReason::Startup));
-    assert!(seen.contains(&Seen::Promote(1, PromoteTrigger::Initial)), "{seen:?}");
+    assert_eq!(
+        seen[0],
+        Seen::Fence(warmspare_failover::policy::FenceReason::Startup)
+    );
+    assert!(
+        seen.contains(&Seen::Promote(1, PromoteTrigger::Initial)),
+        "{seen:?}"
+    );
     assert!(seen.contains(&Seen::Unfence(1)), "{seen:?}");
 
-    primary.kill();
+    primary.kill().await;
     feeders[0].abort();
-    assert!(!primary.handle.may_accept_traffic(), "a dead driver fails closed");
+    assert!(
+        !primary.handle.may_accept_traffic(),
+        "a dead driver fails closed"
+    );
     let started = std::time::Instant::now();
-    assert!(wait_for(Duration::from_secs(10), async || spare.handle.may_accept_traffic()).await);
+    assert!(
+        wait_for(Duration::from_secs(10), async || spare
+            .handle
+            .may_accept_traffic())
+        .await
+    );
     let took = started.elapsed();
     // ttl + margin = 1.4 s at least (counted from the last renewal seen).
     assert!(took >= Duration::from_millis(900), "{took:?}");
     assert_eq!(spare.handle.current_epoch(), Some(2));
-    assert!(sa.seen().contains(&Seen::Promote(2, PromoteTrigger::Automatic)), "{:?}", sa.seen());
+    assert!(
+        sa.seen()
+            .contains(&Seen::Promote(2, PromoteTrigger::Automatic)),
+        "{:?}",
+        sa.seen()
+    );
     assert_eq!(*overlaps.lock().unwrap(), 0);
     monitor.abort();
     feeders[1].abort();
@@ -87,20 +131,32 @@ async fn commands_are_answered_and_a_stopped_driver_refuses_them() {
     let cas = memory_cas();
     let policy = fast_policy(Duration::from_millis(1200));
     let r = Recorder::default();
-    let spare = start_driver(policy, "spare", "primary", false, cas, Arc::new(r));
+    let mut spare = start_driver(policy, "spare", "primary", false, cas, Arc::new(r));
     healthy(&spare.handle, Target::Local).await;
     let reply = spare
         .handle
-        .command(Command::Switchover { to: "elsewhere".into() })
+        .command(Command::Switchover {
+            to: "elsewhere".into(),
+        })
         .await
         .unwrap();
-    assert!(matches!(reply, warmspare_failover::driver::CommandReply::Refused(ref m) if m.contains("not the peer")), "{reply:?}");
-    let reply = spare.handle.command(Command::Failover { force: true }).await.unwrap();
-    assert!(matches!(reply, warmspare_failover::driver::CommandReply::Accepted(_)), "{reply:?}");
-    spare.kill();
-    let crate::support::Running { handle, task } = spare;
-    let _ = task.await;
-    let spare = crate::support::Running { handle, task: tokio::spawn(async { Ok(()) }) };
+    assert!(
+        matches!(reply, warmspare_failover::driver::CommandReply::Refused(ref m) if m.contains("not the peer")),
+        "{reply:?}"
+    );
+    let reply = spare
+        .handle
+        .command(Command::Failover { force: true })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, warmspare_failover::driver::CommandReply::Accepted(_)),
+        "{reply:?}"
+    );
+    spare.kill().await;
     let err = spare.handle.command(Command::Pause).await.unwrap_err();
-    assert!(matches!(err, warmspare_failover::Error::DriverStopped), "{err}");
+    assert!(
+        matches!(err, warmspare_failover::Error::DriverStopped),
+        "{err}"
+    );
 }

@@ -65,7 +65,11 @@ fn site_actions(site: &str, cluster: &PostgresCluster) -> Arc<SiteActions> {
 }
 
 /// Local PostgreSQL probes feeding the driver, as the agent will run them.
-fn probes(handle: &DriverHandle, cluster: &PostgresCluster, policy: &PolicyConfig) -> tokio::task::JoinHandle<()> {
+fn probes(
+    handle: &DriverHandle,
+    cluster: &PostgresCluster,
+    policy: &PolicyConfig,
+) -> tokio::task::JoinHandle<()> {
     let runner = ProbeRunner {
         target: Target::Local,
         probes: vec![Probe::Postgres {
@@ -134,12 +138,17 @@ async fn pair(
         probes(&spare.handle, &spare_pg, spare_policy),
     ];
     assert!(
-        wait_for(Duration::from_secs(20), async || primary.handle.may_accept_traffic()).await,
+        wait_for(Duration::from_secs(20), async || primary
+            .handle
+            .may_accept_traffic())
+        .await,
         "primary never accepted: {:?}",
         primary.handle.state()
     );
     assert!(
-        wait_for(Duration::from_secs(10), async || write_ok(&primary_pg).await).await,
+        wait_for(Duration::from_secs(10), async || write_ok(&primary_pg)
+            .await)
+        .await,
         "primary database never writable"
     );
     assert!(!spare.handle.may_accept_traffic());
@@ -163,7 +172,7 @@ async fn epochs(cluster: &PostgresCluster) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_primary_is_replaced_by_the_promoted_standby() {
     let policy = fast_policy(Duration::from_secs(3));
-    let Some(p) = pair(&policy, &policy, |s| Arc::clone(s.cas())).await else {
+    let Some(mut p) = pair(&policy, &policy, |s| Arc::clone(s.cas())).await else {
         return;
     };
     assert_eq!(epochs(&p.primary_pg).await.trim(), "1:primary");
@@ -171,12 +180,14 @@ async fn killed_primary_is_replaced_by_the_promoted_standby() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // kill -9 of the whole primary site: its driver and its database.
-    p.primary.kill();
+    p.primary.kill().await;
     p.probes[0].abort();
     p.primary_pg.kill().await.expect("kill primary");
     let killed = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg).await).await,
+        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg)
+            .await)
+        .await,
         "spare never accepted writes: {:?}",
         p.spare.handle.state()
     );
@@ -208,20 +219,27 @@ async fn primary_cut_from_the_repository_fences_itself_before_the_spare_promotes
     let cut = Instant::now();
     // The primary's database turns read-only...
     assert!(
-        wait_for(Duration::from_secs(15), async || read_only(&p.primary_pg).await).await,
+        wait_for(Duration::from_secs(15), async || read_only(&p.primary_pg)
+            .await)
+        .await,
         "primary never fenced: {:?}",
         p.primary.handle.state()
     );
     let fenced = cut.elapsed();
     assert!(!p.primary.handle.may_accept_traffic());
-    assert!(!write_ok(&p.primary_pg).await, "fenced primary refuses writes");
+    assert!(
+        !write_ok(&p.primary_pg).await,
+        "fenced primary refuses writes"
+    );
     // ...before the spare is promoted.
     assert!(
         !p.spare.handle.may_accept_traffic() && !write_ok(&p.spare_pg).await,
         "spare promoted before the primary fenced"
     );
     assert!(
-        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg).await).await,
+        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg)
+            .await)
+        .await,
         "spare never took over: {:?}",
         p.spare.handle.state()
     );
@@ -229,7 +247,11 @@ async fn primary_cut_from_the_repository_fences_itself_before_the_spare_promotes
     eprintln!("repository cut: primary fenced after {fenced:?}, spare writable after {promoted:?}");
     assert!(fenced < promoted);
     assert!(!write_ok(&p.primary_pg).await, "old primary stays fenced");
-    assert_eq!(*overlaps.lock().unwrap(), 0, "both sites accepted traffic at once");
+    assert_eq!(
+        *overlaps.lock().unwrap(),
+        0,
+        "both sites accepted traffic at once"
+    );
     monitor.abort();
 }
 
@@ -240,16 +262,19 @@ async fn manual_mode_waits_for_the_operator() {
         mode: FailoverMode::Manual,
         ..policy.clone()
     };
-    let Some(p) = pair(&policy, &manual, |s| Arc::clone(s.cas())).await else {
+    let Some(mut p) = pair(&policy, &manual, |s| Arc::clone(s.cas())).await else {
         return;
     };
-    p.primary.kill();
+    p.primary.kill().await;
     p.probes[0].abort();
     p.primary_pg.kill().await.expect("kill primary");
     // Well past ttl + margin: nothing happens on its own.
     tokio::time::sleep(policy.lease_ttl * 2 + policy.lease_margin).await;
     assert!(!p.spare.handle.may_accept_traffic());
-    assert!(!write_ok(&p.spare_pg).await, "manual mode promoted on its own");
+    assert!(
+        !write_ok(&p.spare_pg).await,
+        "manual mode promoted on its own"
+    );
     let reply = p
         .spare
         .handle
@@ -258,9 +283,163 @@ async fn manual_mode_waits_for_the_operator() {
         .expect("driver runs");
     assert!(matches!(reply, CommandReply::Accepted(_)), "{reply:?}");
     assert!(
-        wait_for(Duration::from_secs(15), async || write_ok(&p.spare_pg).await).await,
+        wait_for(Duration::from_secs(15), async || write_ok(&p.spare_pg)
+            .await)
+        .await,
         "spare never took over after the command: {:?}",
         p.spare.handle.state()
     );
     assert_eq!(p.spare.handle.current_epoch(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_repository_stall_causes_no_failover_with_defaults() {
+    let policy = PolicyConfig::default();
+    let fault = std::sync::Mutex::new(None);
+    let Some(p) = pair(&policy, &policy, |s| {
+        let f = Arc::new(FaultStore::new(Arc::clone(s.object_store())));
+        *fault.lock().unwrap() = Some(Arc::clone(&f));
+        Arc::new(ConditionalPutCas::new(f))
+    })
+    .await
+    else {
+        return;
+    };
+    let fault = fault.lock().unwrap().take().unwrap();
+    let (overlaps, monitor) = overlap_monitor(p.primary.handle.clone(), p.spare.handle.clone());
+    // Every request of the primary to the repository takes 2 s longer, for
+    // several lease lifetimes.
+    let ids: Vec<_> = [Op::Put, Op::Get, Op::Head]
+        .into_iter()
+        .map(|op| fault.inject(Fault::latency(op, Duration::from_secs(2))))
+        .collect();
+    let until = Instant::now() + policy.lease_ttl * 3;
+    while Instant::now() < until {
+        assert!(
+            p.primary.handle.may_accept_traffic(),
+            "primary lost the lease under a 2 s stall: {:?}",
+            p.primary.handle.state()
+        );
+        assert!(!p.spare.handle.may_accept_traffic());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for id in ids {
+        fault.remove(id);
+    }
+    assert!(write_ok(&p.primary_pg).await);
+    assert_eq!(p.primary.handle.current_epoch(), Some(1));
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    monitor.abort();
+}
+
+/// The benchmark behind `benches/failover.sh`: time from `kill -9` of the
+/// primary (driver and database) to the first write accepted by the spare,
+/// with the shipped defaults, over `WARMSPARE_FAILOVER_RUNS` runs (20).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: minutes; run by benches/failover.sh"]
+async fn failover_time_with_defaults() {
+    let runs: usize = std::env::var("WARMSPARE_FAILOVER_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let policy = PolicyConfig::default();
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let Some(mut p) = pair(&policy, &policy, |s| Arc::clone(s.cas())).await else {
+            return;
+        };
+        // Kill at a random phase of the renewal cycle.
+        let phase = Duration::from_millis(rand_phase(run) % 2000);
+        tokio::time::sleep(phase).await;
+        p.primary.kill().await;
+        p.probes[0].abort();
+        p.primary_pg.kill().await.expect("kill primary");
+        let killed = Instant::now();
+        assert!(
+            wait_for(Duration::from_secs(60), async || write_ok(&p.spare_pg)
+                .await)
+            .await,
+            "spare never accepted writes: {:?}",
+            p.spare.handle.state()
+        );
+        let took = killed.elapsed();
+        eprintln!("run {}: {:.2}s", run + 1, took.as_secs_f64());
+        times.push(took);
+    }
+    times.sort();
+    let secs = |d: Duration| d.as_secs_f64();
+    println!(
+        "failover time over {} runs (kill -9 -> first write on the spare): min {:.2}s median {:.2}s max {:.2}s",
+        times.len(),
+        secs(times[0]),
+        secs(times[times.len() / 2]),
+        secs(times[times.len() - 1])
+    );
+}
+
+fn rand_phase(run: usize) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(run);
+    h.finish()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_hands_over_with_the_committed_rows() {
+    let policy = fast_policy(Duration::from_secs(3));
+    let Some(p) = pair(&policy, &policy, |s| Arc::clone(s.cas())).await else {
+        return;
+    };
+    // The holder must see its peer healthy before it hands over.
+    let peer = ProbeRunner {
+        target: Target::Peer,
+        probes: vec![Probe::Postgres {
+            url: p.spare_pg.url(),
+            write_check: false,
+        }],
+        interval: policy.read_interval,
+        timeout: Duration::from_secs(1),
+    };
+    let (tx, _) = tokio::sync::watch::channel(Vec::new());
+    let peer_probes = tokio::spawn(peer.run(p.primary.handle.clone(), Arc::new(tx)));
+    p.primary_pg
+        .psql("CREATE TABLE kept (n int); INSERT INTO kept SELECT generate_series(1, 1000)")
+        .await
+        .expect("rows");
+    let (overlaps, monitor) = overlap_monitor(p.primary.handle.clone(), p.spare.handle.clone());
+    let mut reply = CommandReply::Refused(String::new());
+    assert!(
+        wait_for(Duration::from_secs(10), async || {
+            reply = p
+                .primary
+                .handle
+                .command(Command::Switchover { to: "spare".into() })
+                .await
+                .expect("driver runs");
+            matches!(reply, CommandReply::Accepted(_))
+        })
+        .await,
+        "{reply:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(15), async || write_ok(&p.spare_pg)
+            .await)
+        .await,
+        "spare never took over: {:?}",
+        p.spare.handle.state()
+    );
+    assert!(read_only(&p.primary_pg).await, "old primary fenced");
+    assert!(!p.primary.handle.may_accept_traffic());
+    assert_eq!(p.spare.handle.current_epoch(), Some(2));
+    assert_eq!(
+        p.spare_pg
+            .psql("SELECT count(*) FROM kept")
+            .await
+            .unwrap()
+            .trim(),
+        "1000"
+    );
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    monitor.abort();
+    peer_probes.abort();
 }

@@ -9,7 +9,9 @@
 //! * `driver`: the lease driver over an in-memory compare-and-swap with
 //!   recording actions;
 //! * `e2e`: two drivers, real PostgreSQL (primary and streaming standby)
-//!   and the real S3 server (moto): kill, repository cut, manual mode.
+//!   and the real S3 server (moto): kill, repository cut, manual mode,
+//!   a 2 s repository stall, and the failover-time benchmark (ignored);
+//! * `probes`: HTTP, TCP, command and PostgreSQL probes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +19,7 @@ mod checks;
 mod clock;
 mod driver;
 mod e2e;
+mod probes;
 mod scenarios;
 mod sim;
 mod support;

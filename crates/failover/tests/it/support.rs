@@ -10,7 +10,7 @@ use warmspare_failover::{FailoverConfig, policy::PolicyConfig};
 use warmspare_store::CompareAndSwap;
 
 /// Fast timing for tests: `ttl` with the probe interval at `ttl / 6`.
-pub fn fast_policy(ttl: Duration) -> PolicyConfig {
+pub(crate) fn fast_policy(ttl: Duration) -> PolicyConfig {
     PolicyConfig::from_failover(&FailoverConfig {
         lease_ttl: ttl,
         interval: ttl / 6,
@@ -20,7 +20,7 @@ pub fn fast_policy(ttl: Duration) -> PolicyConfig {
 
 /// What a recording [`Actions`] saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     Fence(FenceReason),
     Unfence(u64),
     Promote(u64, PromoteTrigger),
@@ -30,10 +30,10 @@ pub enum Seen {
 
 /// An [`Actions`] that records the calls.
 #[derive(Debug, Default, Clone)]
-pub struct Recorder(pub Arc<Mutex<Vec<Seen>>>);
+pub(crate) struct Recorder(pub(crate) Arc<Mutex<Vec<Seen>>>);
 
 impl Recorder {
-    pub fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.0.lock().unwrap().clone()
     }
 }
@@ -62,19 +62,20 @@ impl Actions for Recorder {
 }
 
 /// A running driver.
-pub struct Running {
-    pub handle: DriverHandle,
-    pub task: tokio::task::JoinHandle<warmspare_failover::Result<()>>,
+pub(crate) struct Running {
+    pub(crate) handle: DriverHandle,
+    pub(crate) task: tokio::task::JoinHandle<warmspare_failover::Result<()>>,
 }
 
 impl Running {
     /// Stops it as `kill -9` would: no shutdown path runs.
-    pub fn kill(&self) {
+    pub(crate) async fn kill(&mut self) {
         self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
-pub fn start_driver(
+pub(crate) fn start_driver(
     policy: PolicyConfig,
     site: &str,
     peer: &str,
@@ -96,7 +97,7 @@ pub fn start_driver(
 }
 
 /// Polls `condition` every 20 ms until it holds or `limit` passes.
-pub async fn wait_for(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
+pub(crate) async fn wait_for(limit: Duration, mut condition: impl AsyncFnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if condition().await {
@@ -109,7 +110,10 @@ pub async fn wait_for(limit: Duration, mut condition: impl AsyncFnMut() -> bool)
 
 /// Samples both handles every 5 ms and counts instants at which both said
 /// they may accept traffic.
-pub fn overlap_monitor(a: DriverHandle, b: DriverHandle) -> (Arc<Mutex<u64>>, tokio::task::JoinHandle<()>) {
+pub(crate) fn overlap_monitor(
+    a: DriverHandle,
+    b: DriverHandle,
+) -> (Arc<Mutex<u64>>, tokio::task::JoinHandle<()>) {
     let overlaps = Arc::new(Mutex::new(0u64));
     let o = Arc::clone(&overlaps);
     let task = tokio::spawn(async move {

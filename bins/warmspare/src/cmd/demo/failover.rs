@@ -16,7 +16,7 @@ use warmspare_failover::actions::{Hooks, PostgresActions, SiteActions};
 use warmspare_failover::driver::{BootClock, Clock, lease_store_config};
 use warmspare_failover::policy::{Event, PolicyConfig, Role, Target};
 use warmspare_failover::probe::{Probe, ProbeRunner};
-use warmspare_failover::{Driver, DriverConfig, DriverHandle, FailoverConfig, FailoverMode};
+use warmspare_failover::{Driver, DriverConfig, DriverHandle, FailoverConfig};
 use warmspare_pgcluster::Cluster;
 use warmspare_store::object_store::path::Path as ObjectPath;
 use warmspare_store::{Store, StoreConfig, probe_cas};
@@ -81,25 +81,12 @@ impl Drop for Site {
     }
 }
 
-/// Fast timings for one machine: failures are seen within a second and the
-/// lease expires after 3 s.
-fn failover_config() -> FailoverConfig {
-    FailoverConfig {
-        mode: FailoverMode::Automatic,
-        interval: Duration::from_millis(200),
-        timeout: Duration::from_secs(1),
-        unhealthy_threshold: 2,
-        healthy_threshold: 1,
-        lease_ttl: Duration::from_secs(3),
-        ..FailoverConfig::default()
-    }
-}
-
 pub(super) async fn run(
     lab: &mut Lab,
     snapshot_started: OffsetDateTime,
 ) -> anyhow::Result<(Outcome, String)> {
-    let config = failover_config();
+    // The [failover] section of the config file the demo wrote.
+    let config = lab.failover.clone();
     let policy = PolicyConfig::from_failover(&config);
     policy.validate()?;
     let store = Store::open(&lease_store_config(
