@@ -49,11 +49,11 @@ enum Command {
     Init(cmd::init::Args),
     /// Validate the configuration and reach every endpoint; a table of what works.
     Check(cmd::check::Args),
-    /// Take a recovery point (database and artifacts together), or `backup db|artifacts`.
+    /// Take a recovery point (database and artifacts together), or `backup db [--physical]|artifacts`.
     Backup(cmd::backup::Args),
     /// The repository's recovery points and snapshots, newest first.
     List(cmd::list::Args),
-    /// Restore a snapshot (`restore db ID|latest --to DATABASE_URL`) or artifacts (`restore artifacts`).
+    /// Restore a snapshot (`restore db ID|latest --to DATABASE_URL|DATA_DIR`) or artifacts.
     Restore(cmd::restore::Args),
     /// Re-read a snapshot and check its digests; --deep also restores it into a scratch server.
     Verify(cmd::verify::Args),
