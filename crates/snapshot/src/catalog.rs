@@ -229,22 +229,7 @@ pub async fn delete(repo: &Repository, id: &SnapshotId) -> Result<u64> {
 /// Deletes every object under a snapshot's prefix (the manifest too, if
 /// any: callers that care delete it first).
 pub(crate) async fn delete_objects(repo: &Repository, id: &SnapshotId) -> Result<u64> {
-    let store = repo.store().object_store();
-    let prefix = layout::snapshot(id);
-    let locations = store
-        .list(Some(&prefix))
-        .map_ok(|meta| meta.location)
-        .boxed();
-    let mut results = store.delete_stream(locations);
-    let mut deleted = 0;
-    while let Some(result) = results.next().await {
-        match result {
-            Ok(_) => deleted += 1,
-            Err(warmspare_store::object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store_error(&prefix, e)),
-        }
-    }
-    Ok(deleted)
+    Ok(repo.store().delete_prefix(&layout::snapshot(id)).await?)
 }
 
 fn store_error(path: &Path, source: warmspare_store::object_store::Error) -> Error {

@@ -2,9 +2,15 @@
 //! their way in and out, in bounded memory whatever their size.
 //!
 //! ```text
-//! put: reader -> sha256(content) -> zstd -> [encryption: future] -> sha256(stored) -> multipart upload
-//! get: download -> sha256(stored) -> [decryption: future] -> zstd -> sha256(content) -> writer
+//! put: reader -> sha256(content) -> zstd -> [encrypt] -> sha256(stored) -> multipart upload
+//! get: download -> sha256(stored) -> [decrypt, authenticate] -> zstd -> sha256(content) -> writer
 //! ```
+//!
+//! Encryption is optional ([`Codec::with_encryption`], format and design in
+//! [`crate::crypto`]); [`ObjectInfo::encryption_key_id`] records it, so that
+//! a reader without the key, or with another, fails before decrypting. A
+//! reader with a key still reads unencrypted objects (written before
+//! encryption was turned on).
 //!
 //! Memory: one 64 KiB read buffer, the zstd window (a few MiB at the levels
 //! allowed), and the upload buffers: `part_size` bytes being filled plus at
@@ -39,6 +45,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
+use crate::crypto::{DecryptReader, EncryptReader, Encryption, EncryptionKey, decrypt_failure};
 use crate::error::{Error, Result};
 
 mod sealed;
@@ -78,6 +85,10 @@ pub struct ObjectInfo {
     pub content_sha256: String,
     /// How the stored bytes encode the content.
     pub compression: Compression,
+    /// The id of the key the stored bytes are encrypted with; `None` when
+    /// they are not encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption_key_id: Option<String>,
 }
 
 /// A progress callback: called with the number of content bytes processed
@@ -91,6 +102,7 @@ pub struct Codec {
     level: i32,
     part_size: usize,
     max_concurrency: usize,
+    encryption: Encryption,
 }
 
 impl Default for Codec {
@@ -108,6 +120,30 @@ impl Codec {
             level: crate::config::DEFAULT_COMPRESSION_LEVEL,
             part_size: DEFAULT_PART_SIZE,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
+            encryption: Encryption::Off,
+        }
+    }
+
+    /// Sets encryption at rest (see [`crate::crypto`]).
+    pub fn with_encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = encryption;
+        self
+    }
+
+    /// The encryption setting.
+    pub fn encryption(&self) -> &Encryption {
+        &self.encryption
+    }
+
+    /// The key to write with, or the refusal to write without one.
+    fn write_key(&self, path: &str) -> Result<Option<&EncryptionKey>> {
+        match &self.encryption {
+            Encryption::Off => Ok(None),
+            Encryption::Key(key) => Ok(Some(key)),
+            Encryption::KeyNotLoaded { source } => Err(Error::KeyNotLoaded {
+                path: path.to_string(),
+                source_name: source.clone(),
+            }),
         }
     }
 
@@ -150,7 +186,8 @@ impl Codec {
     where
         R: AsyncRead + Unpin + Send,
     {
-        let mut encoder = Encoder::new(self.compression, self.level, reader);
+        let key = self.write_key(path.as_ref())?;
+        let mut encoder = Encoder::new(self.compression, self.level, key, reader);
         let mut upload = BufWriter::with_capacity(Arc::clone(store), path.clone(), self.part_size)
             .with_max_concurrency(self.max_concurrency);
         let mut stored = Sha256::new();
@@ -199,6 +236,7 @@ impl Codec {
             sha256: hex::encode(stored.finalize()),
             content_sha256: hex::encode(content.hasher.finalize()),
             compression: self.compression,
+            encryption_key_id: key.map(EncryptionKey::id),
         })
     }
 
@@ -226,7 +264,40 @@ impl Codec {
             .get_opts(path, GetOptions::default())
             .await
             .map_err(|e| Error::from_store(name, e))?;
-        decode_verified(name, result.into_stream(), expected, writer, progress).await
+        decode_verified(
+            name,
+            result.into_stream(),
+            expected,
+            &self.encryption,
+            writer,
+            progress,
+        )
+        .await
+    }
+}
+
+/// The key to read an object recorded as `expected` with: `None` for an
+/// unencrypted object, an error naming the object when the key is missing
+/// or another one.
+fn read_key<'a>(
+    name: &str,
+    expected: &ObjectInfo,
+    encryption: &'a Encryption,
+) -> Result<Option<&'a EncryptionKey>> {
+    let Some(key_id) = &expected.encryption_key_id else {
+        return Ok(None);
+    };
+    match encryption.key() {
+        Some(key) if key.id() == *key_id => Ok(Some(key)),
+        Some(key) => Err(Error::WrongKey {
+            path: name.to_string(),
+            key_id: key_id.clone(),
+            configured: key.id(),
+        }),
+        None => Err(Error::KeyMissing {
+            path: name.to_string(),
+            key_id: key_id.clone(),
+        }),
     }
 }
 
@@ -236,13 +307,15 @@ async fn decode_verified<W>(
     name: &str,
     stream: BoxStream<'static, object_store::Result<Bytes>>,
     expected: &ObjectInfo,
+    encryption: &Encryption,
     writer: &mut W,
     progress: Option<Progress<'_>>,
 ) -> Result<()>
 where
     W: AsyncWrite + Unpin + Send + ?Sized,
 {
-    let mut decoder = Decoder::new(expected.compression, StoredReader::new(stream));
+    let key = read_key(name, expected, encryption)?;
+    let mut decoder = Decoder::new(expected.compression, key, StoredReader::new(stream));
     let mut content = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; READ_BUFFER];
@@ -283,6 +356,15 @@ where
         return Err(Error::from_store(name, e));
     }
     drained.map_err(|e| Error::from_io("reading", name, e))?;
+
+    // An authentication failure is the most specific diagnosis there is:
+    // reported even when the stored digest differs too.
+    if let Some(reason) = undecodable.as_ref().and_then(decrypt_failure) {
+        return Err(Error::Authentication {
+            path: name.to_string(),
+            reason: reason.to_string(),
+        });
+    }
 
     let stored_sha = hex::encode(stored.hasher.finalize());
     if stored_sha != expected.sha256 || stored.count != expected.stored_size {
@@ -339,13 +421,56 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     }
 }
 
-/// Compression stage of `put`; the place where encryption will go.
+/// The compression and encryption stages of `put`.
 enum Encoder<R> {
+    Clear(Compressor<R>),
+    Encrypt(Box<EncryptReader<Compressor<R>>>),
+}
+
+impl<R: AsyncRead + Unpin> Encoder<R> {
+    fn new(compression: Compression, level: i32, key: Option<&EncryptionKey>, reader: R) -> Self {
+        let compressor = Compressor::new(compression, level, reader);
+        match key {
+            None => Self::Clear(compressor),
+            Some(key) => Self::Encrypt(Box::new(EncryptReader::new(key, compressor))),
+        }
+    }
+
+    fn content(&self) -> &HashingReader<R> {
+        match self {
+            Self::Clear(c) => c.content(),
+            Self::Encrypt(e) => e.get_ref().content(),
+        }
+    }
+
+    fn into_content(self) -> HashingReader<R> {
+        match self {
+            Self::Clear(c) => c.into_content(),
+            Self::Encrypt(e) => e.into_inner().into_content(),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Encoder<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Clear(c) => Pin::new(c).poll_read(cx, buf),
+            Self::Encrypt(e) => Pin::new(e.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+/// Compression stage of `put`.
+enum Compressor<R> {
     Plain(HashingReader<R>),
     Zstd(Box<ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>>),
 }
 
-impl<R: AsyncRead + Unpin> Encoder<R> {
+impl<R: AsyncRead + Unpin> Compressor<R> {
     fn new(compression: Compression, level: i32, reader: R) -> Self {
         let content = HashingReader {
             inner: reader,
@@ -376,7 +501,7 @@ impl<R: AsyncRead + Unpin> Encoder<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for Encoder<R> {
+impl<R: AsyncRead + Unpin> AsyncRead for Compressor<R> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -442,16 +567,48 @@ impl AsyncRead for StoredReader {
     }
 }
 
-/// Decompression stage of `get`; the place where decryption will go.
+/// Decryption stage of `get`.
+enum Decrypter {
+    Clear(Box<StoredReader>),
+    Decrypt(Box<DecryptReader<StoredReader>>),
+}
+
+impl Decrypter {
+    fn into_stored(self) -> StoredReader {
+        match self {
+            Self::Clear(r) => *r,
+            Self::Decrypt(d) => d.into_inner(),
+        }
+    }
+}
+
+impl AsyncRead for Decrypter {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Clear(r) => Pin::new(r.as_mut()).poll_read(cx, buf),
+            Self::Decrypt(d) => Pin::new(d.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+/// Decompression stage of `get`.
 enum Decoder {
-    Plain(Box<StoredReader>),
-    Zstd(Box<ZstdDecoder<tokio::io::BufReader<StoredReader>>>),
+    Plain(Decrypter),
+    Zstd(Box<ZstdDecoder<tokio::io::BufReader<Decrypter>>>),
 }
 
 impl Decoder {
-    fn new(compression: Compression, stored: StoredReader) -> Self {
+    fn new(compression: Compression, key: Option<&EncryptionKey>, stored: StoredReader) -> Self {
+        let stored = match key {
+            None => Decrypter::Clear(Box::new(stored)),
+            Some(key) => Decrypter::Decrypt(Box::new(DecryptReader::new(key, stored))),
+        };
         match compression {
-            Compression::None => Self::Plain(Box::new(stored)),
+            Compression::None => Self::Plain(stored),
             Compression::Zstd => Self::Zstd(Box::new(ZstdDecoder::new(
                 tokio::io::BufReader::with_capacity(READ_BUFFER, stored),
             ))),
@@ -462,8 +619,8 @@ impl Decoder {
     /// they were hashed when they were read.
     fn into_stored(self) -> StoredReader {
         match self {
-            Self::Plain(r) => *r,
-            Self::Zstd(z) => z.into_inner().into_inner(),
+            Self::Plain(r) => r.into_stored(),
+            Self::Zstd(z) => z.into_inner().into_inner().into_stored(),
         }
     }
 }
@@ -475,7 +632,7 @@ impl AsyncRead for Decoder {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
-            Self::Plain(r) => Pin::new(r.as_mut()).poll_read(cx, buf),
+            Self::Plain(r) => Pin::new(r).poll_read(cx, buf),
             Self::Zstd(z) => Pin::new(z.as_mut()).poll_read(cx, buf),
         }
     }
@@ -584,12 +741,213 @@ mod tests {
             sha256: String::new(),
             content_sha256: String::new(),
             compression: Compression::None,
+            encryption_key_id: None,
         };
         let err = Codec::default()
             .get(&mem(), &Path::from("nope"), &info, &mut Vec::new(), None)
             .await
             .unwrap_err();
         assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    }
+
+    fn encrypted(compression: Compression, key: &EncryptionKey) -> Codec {
+        Codec::new(compression).with_encryption(Encryption::Key(key.clone()))
+    }
+
+    fn pattern(len: usize, seed: u64) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn encrypted_objects_hide_content_and_record_the_key() {
+        let key = EncryptionKey::generate();
+        let data = b"a very secret database dump ".repeat(10_000);
+        for compression in [Compression::None, Compression::Zstd] {
+            let codec = encrypted(compression, &key);
+            let info = roundtrip(&codec, data.clone()).await;
+            assert_eq!(info.encryption_key_id, Some(key.id()));
+            let store = mem();
+            let path = Path::from("o");
+            codec.put(&store, &path, &data[..], None).await.unwrap();
+            let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+            assert!(!stored.windows(6).any(|w| w == b"secret"));
+        }
+        // Unencrypted objects stay readable once a key is configured.
+        let store = mem();
+        let path = Path::from("old");
+        let info = Codec::default()
+            .put(&store, &path, &data[..], None)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        encrypted(Compression::Zstd, &key)
+            .get(&store, &path, &info, &mut out, None)
+            .await
+            .unwrap();
+        assert_eq!(out, data);
+    }
+
+    #[tokio::test]
+    async fn missing_or_wrong_key_is_a_clear_error() {
+        let key = EncryptionKey::generate();
+        let store = mem();
+        let path = Path::from("snapshots/s1/dump");
+        let info = encrypted(Compression::Zstd, &key)
+            .put(&store, &path, &b"content"[..], None)
+            .await
+            .unwrap();
+        let mut out = Vec::new();
+        let err = Codec::default()
+            .get(&store, &path, &info, &mut out, None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::KeyMissing { key_id, .. } if *key_id == key.id()),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("snapshots/s1/dump"), "{err}");
+        assert!(err.to_string().contains("encryption_key_file"), "{err}");
+        let other = EncryptionKey::generate();
+        let err = encrypted(Compression::Zstd, &other)
+            .get(&store, &path, &info, &mut out, None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("wrong key: object snapshots/s1/dump"),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&other.id()), "{err}");
+        assert!(out.is_empty(), "nothing written");
+
+        // A manifest that lies about the key (or a foreign object) fails
+        // authentication instead of yielding garbage.
+        let lying = ObjectInfo {
+            encryption_key_id: Some(other.id()),
+            ..info.clone()
+        };
+        let err = encrypted(Compression::Zstd, &other)
+            .get(&store, &path, &lying, &mut out, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
+        assert!(out.is_empty());
+
+        // Configured but not loaded: writes are refused.
+        let codec = Codec::default().with_encryption(Encryption::KeyNotLoaded {
+            source: "/etc/warmspare/repo.key".into(),
+        });
+        let err = codec
+            .put(&store, &Path::from("p"), &b"x"[..], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::KeyNotLoaded { .. }), "{err:?}");
+        let err = codec
+            .put_sealed(&store, &Path::from("p"), &b"x"[..], 10)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::KeyNotLoaded { .. }), "{err:?}");
+        assert!(matches!(
+            store.head(&Path::from("p")).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn any_flipped_byte_or_cut_fails_authentication() {
+        let key = EncryptionKey::generate();
+        let codec = encrypted(Compression::None, &key);
+        let store = mem();
+        let path = Path::from("snapshots/s/data");
+        let segment = crate::crypto::SEGMENT;
+        let header = crate::crypto::HEADER_LEN;
+        let data = pattern(2 * segment + 100, 5);
+        let info = codec.put(&store, &path, &data[..], None).await.unwrap();
+        let stored = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        assert_eq!(stored.len(), header + data.len() + 3 * 16);
+
+        let mut positions: Vec<usize> = (0..header + 20).collect();
+        positions.extend((header..stored.len()).step_by(997));
+        positions.extend([
+            header + segment + 15,
+            header + segment + 16,
+            stored.len() - 1,
+        ]);
+        for pos in positions {
+            let mut bad = stored.clone();
+            bad[pos] ^= 0x01;
+            store.put(&path, bad.into()).await.unwrap();
+            let err = codec
+                .get(&store, &path, &info, &mut tokio::io::sink(), None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::Authentication { path: p, .. } if p == "snapshots/s/data"),
+                "flip at {pos}: {err:?}"
+            );
+        }
+        // Cut at each segment boundary, and the last segment dropped.
+        for cut in [header, header + segment + 16, header + 2 * (segment + 16)] {
+            store
+                .put(&path, stored[..cut].to_vec().into())
+                .await
+                .unwrap();
+            let err = codec
+                .get(&store, &path, &info, &mut tokio::io::sink(), None)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::Authentication { .. }),
+                "cut at {cut}: {err:?}"
+            );
+        }
+        // Segments swapped.
+        let mut swapped = stored[..header].to_vec();
+        swapped.extend_from_slice(&stored[header + segment + 16..header + 2 * (segment + 16)]);
+        swapped.extend_from_slice(&stored[header..header + segment + 16]);
+        swapped.extend_from_slice(&stored[header + 2 * (segment + 16)..]);
+        store.put(&path, swapped.into()).await.unwrap();
+        let err = codec
+            .get(&store, &path, &info, &mut tokio::io::sink(), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn encrypted_codec_roundtrips(
+            seed in any::<u64>(),
+            len in prop_oneof![
+                0usize..300_000,
+                (0usize..5).prop_map(|k| k * crate::crypto::SEGMENT),
+                (1usize..5).prop_map(|k| k * crate::crypto::SEGMENT - 1),
+                (0usize..5).prop_map(|k| k * crate::crypto::SEGMENT + 1),
+            ],
+            zstd in any::<bool>(),
+        ) {
+            let key = EncryptionKey::generate();
+            let codec = encrypted(if zstd { Compression::Zstd } else { Compression::None }, &key);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let info = rt.block_on(roundtrip(&codec, pattern(len, seed)));
+            prop_assert_eq!(info.encryption_key_id, Some(key.id()));
+        }
     }
 
     proptest! {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::Compression;
+use crate::crypto::{Encryption, EncryptionKey};
 use crate::error::{Error, Result};
 
 /// Configuration of one object store (the `[repository]` table of the
@@ -69,6 +70,12 @@ pub struct StoreConfig {
     pub compression: Compression,
     /// zstd level, 1 (fast) to 19 (small).
     pub compression_level: i32,
+    /// Encryption at rest of data objects. Never read from or written to
+    /// a serialised configuration: the program reads the key file and sets
+    /// it with [`StoreConfig::with_encryption_key`] (or marks it
+    /// [`Encryption::KeyNotLoaded`], which refuses every data write).
+    #[serde(skip)]
+    pub encryption: Encryption,
 }
 
 /// Default connect timeout.
@@ -100,6 +107,7 @@ impl Default for StoreConfig {
             retry_timeout: DEFAULT_RETRY_TIMEOUT,
             compression: Compression::Zstd,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
+            encryption: Encryption::Off,
         }
     }
 }
@@ -182,6 +190,12 @@ impl StoreConfig {
     /// Sets the compression of data objects.
     pub fn with_compression(mut self, compression: Compression) -> Self {
         self.compression = compression;
+        self
+    }
+
+    /// Encrypts data objects with `key` (see [`crate::crypto`]).
+    pub fn with_encryption_key(mut self, key: EncryptionKey) -> Self {
+        self.encryption = Encryption::Key(key);
         self
     }
 

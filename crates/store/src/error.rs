@@ -87,6 +87,63 @@ pub enum Error {
         actual: String,
     },
 
+    /// An encrypted object failed authentication: a byte of it was altered,
+    /// it was truncated, or its segments were reordered. Nothing that failed
+    /// authentication was passed on.
+    #[error("object {path} failed authentication: {reason}")]
+    Authentication {
+        /// The object path.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+
+    /// The object is encrypted and no key is configured.
+    #[error(
+        "object {path} is encrypted (key id {key_id}); configure \
+         [repository] encryption_key_file with its key to read it"
+    )]
+    KeyMissing {
+        /// The object path.
+        path: String,
+        /// The id of the key it was encrypted with.
+        key_id: String,
+    },
+
+    /// The object is encrypted with another key than the configured one.
+    #[error(
+        "wrong key: object {path} is encrypted with key id {key_id}, \
+         the configured key has id {configured}"
+    )]
+    WrongKey {
+        /// The object path.
+        path: String,
+        /// The id of the key it was encrypted with.
+        key_id: String,
+        /// The id of the configured key.
+        configured: String,
+    },
+
+    /// Encryption is configured but this program did not load its key:
+    /// refused rather than writing the object unencrypted.
+    #[error(
+        "refusing to write {path} unencrypted: encryption is configured ({source_name}) \
+         but its key was not loaded by this program"
+    )]
+    KeyNotLoaded {
+        /// The object path.
+        path: String,
+        /// Where encryption is configured.
+        source_name: String,
+    },
+
+    /// An encryption key (key file contents) is unusable.
+    #[error("invalid encryption key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it (never the key itself).
+        reason: String,
+    },
+
     /// An object that should hold structured data (FORMAT, a manifest) does
     /// not parse or fails its own integrity check.
     #[error("object {path} is malformed: {reason}")]
@@ -161,6 +218,11 @@ impl Error {
             | Self::VersionMismatch { .. }
             | Self::Unsupported { .. }
             | Self::DigestMismatch { .. }
+            | Self::Authentication { .. }
+            | Self::KeyMissing { .. }
+            | Self::WrongKey { .. }
+            | Self::KeyNotLoaded { .. }
+            | Self::InvalidKey { .. }
             | Self::Corrupt { .. }
             | Self::NotARepository { .. }
             | Self::UnsupportedFormat { .. } => false,

@@ -18,6 +18,9 @@
 //!   the contract.
 //! * [`Codec`]: streaming put/get of data objects through zstd and SHA-256
 //!   in bounded memory; [`ObjectInfo`] records sizes and digests.
+//! * [`crypto`]: optional encryption at rest of data objects
+//!   (XChaCha20-Poly1305 STREAM); [`EncryptionKey`] from key bytes, set with
+//!   [`StoreConfig::with_encryption_key`]; [`Store::encryption_enabled`].
 //! * [`Repository`]: format version 1 ([`layout`]): the `FORMAT` object,
 //!   time-sortable [`SnapshotId`]s, the snapshot commit protocol
 //!   ([`SnapshotWriter`], [`Manifest`] written last), listing and
@@ -84,6 +87,7 @@ mod cas;
 mod check;
 mod codec;
 mod config;
+pub mod crypto;
 mod error;
 mod id;
 pub mod layout;
@@ -104,6 +108,7 @@ pub use config::{
     DEFAULT_COMPRESSION_LEVEL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT,
     DEFAULT_RETRY_TIMEOUT, Location, Secret, StoreConfig,
 };
+pub use crypto::{Encryption, EncryptionKey};
 pub use error::{Error, Result};
 pub use id::SnapshotId;
 pub use manifest::{

@@ -227,6 +227,7 @@ mod tests {
                         sha256: "ab".repeat(32),
                         content_sha256: "cd".repeat(32),
                         compression: Compression::Zstd,
+                        encryption_key_id: None,
                     };
                     (name, info)
                 })

@@ -24,6 +24,10 @@ pub struct Store {
     cas: Arc<dyn CompareAndSwap>,
     codec: Codec,
     display_url: String,
+    /// The directory of a `file://` store: [`Store::delete_prefix`] also
+    /// removes the staging files of multipart uploads that a crash left
+    /// behind, which `LocalFileSystem` neither lists nor deletes.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Store {
@@ -48,7 +52,9 @@ impl Store {
     pub fn open(config: &StoreConfig) -> Result<Self> {
         config.validate()?;
         let location = Location::parse(&config.url)?;
-        let codec = Codec::new(config.compression).with_level(config.compression_level);
+        let codec = Codec::new(config.compression)
+            .with_level(config.compression_level)
+            .with_encryption(config.encryption.clone());
         match &location {
             Location::File { path } => {
                 std::fs::create_dir_all(path).map_err(|source| Error::Io {
@@ -69,6 +75,7 @@ impl Store {
                     cas: Arc::new(cas),
                     codec,
                     display_url: location.display_url(),
+                    local_root: Some(path.clone()),
                 })
             }
             Location::S3 { bucket, prefix } => {
@@ -82,6 +89,7 @@ impl Store {
                     object_store: store,
                     codec,
                     display_url: location.display_url(),
+                    local_root: None,
                 })
             }
         }
@@ -100,6 +108,7 @@ impl Store {
             cas,
             codec: Codec::default(),
             display_url: display_url.into(),
+            local_root: None,
         }
     }
 
@@ -122,6 +131,60 @@ impl Store {
     /// The codec for data objects (compression settings from the config).
     pub fn codec(&self) -> &Codec {
         &self.codec
+    }
+
+    /// Whether encryption at rest is configured (with its key loaded or
+    /// not). Everything written through [`Store::codec`] is then encrypted
+    /// (or refused); code that writes data objects to
+    /// [`Store::object_store`] directly must refuse to run, or encrypt.
+    pub fn encryption_enabled(&self) -> bool {
+        self.codec.encryption().is_enabled()
+    }
+
+    /// Deletes every object under `prefix` and returns how many it deleted.
+    ///
+    /// On a `file://` store it also removes what a crashed multipart upload
+    /// left under the prefix: `LocalFileSystem` stages such uploads in
+    /// `<name>#<n>` files that it never lists, so an object-level delete
+    /// cannot see them. On S3 the parts of an abandoned upload are invisible
+    /// and are removed by the bucket's lifecycle rule for incomplete
+    /// multipart uploads (see the operator docs). Only call this on a prefix
+    /// that nobody writes to any more (an abandoned snapshot).
+    pub async fn delete_prefix(&self, prefix: &object_store::path::Path) -> Result<u64> {
+        use futures::{StreamExt, TryStreamExt};
+        let locations = self
+            .object_store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let mut results = self.object_store.delete_stream(locations);
+        let mut deleted = 0;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(_) => deleted += 1,
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::from_store(prefix.as_ref(), e)),
+            }
+        }
+        if let Some(root) = &self.local_root
+            && !prefix.as_ref().is_empty()
+        {
+            let dir = prefix
+                .parts()
+                .fold(root.clone(), |dir, part| dir.join(part.as_ref()));
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(Error::Io {
+                        context: "removing an abandoned upload's staging files",
+                        path: dir.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(deleted)
     }
 
     /// The store's URL for messages; never contains credentials.
@@ -181,6 +244,48 @@ mod tests {
         let store = Store::open(&StoreConfig::new(&url)).unwrap();
         assert!(root.is_dir());
         assert!(store.display_url().starts_with("file:///"));
+    }
+
+    #[tokio::test]
+    async fn encrypted_repository_round_trip_and_clear_failures() {
+        use crate::{EncryptionKey, Repository, SnapshotKind};
+        let dir = tempfile::tempdir().unwrap();
+        let url = url::Url::from_directory_path(dir.path())
+            .unwrap()
+            .to_string();
+        let key = EncryptionKey::generate();
+        let store = Store::open(&StoreConfig::new(&url).with_encryption_key(key.clone())).unwrap();
+        assert!(store.encryption_enabled());
+        assert!(!format!("{store:?}").contains(key.to_hex().as_str()));
+        let now = time::OffsetDateTime::now_utc();
+        let repo = Repository::init(store, now).await.unwrap();
+        let mut w = repo
+            .begin_snapshot(SnapshotKind::Logical, now)
+            .await
+            .unwrap();
+        w.put_file("dump", &b"secret rows"[..]).await.unwrap();
+        let m = w.commit(serde_json::json!({}), None, now).await.unwrap();
+        assert_eq!(m.files["dump"].encryption_key_id, Some(key.id()));
+        let mut out = Vec::new();
+        repo.read_file(&m.id, "dump", &mut out).await.unwrap();
+        assert_eq!(out, b"secret rows");
+        assert!(repo.verify_snapshot(&m.id).await.unwrap().is_ok());
+
+        let plain = Repository::open(Store::open(&StoreConfig::new(&url)).unwrap())
+            .await
+            .unwrap();
+        assert!(!plain.store().encryption_enabled());
+        let err = plain
+            .read_file(&m.id, "dump", &mut Vec::new())
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(&format!("snapshots/{}/dump", m.id)), "{text}");
+        assert!(
+            text.contains("is encrypted") && text.contains("encryption_key_file"),
+            "{text}"
+        );
+        assert!(!plain.verify_snapshot(&m.id).await.unwrap().is_ok());
     }
 
     #[test]

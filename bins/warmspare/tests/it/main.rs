@@ -4,7 +4,9 @@
 
 mod artifacts;
 mod check;
+mod crash;
 mod demo;
+mod drill;
 mod init;
 mod physical;
 mod snapshots;

@@ -13,6 +13,10 @@
 //! segment's name) is refused rather than replayed. The seal itself has no
 //! digest of its own: damage to it either breaks its JSON, or changes a
 //! recorded digest or size so that the content no longer matches.
+//!
+//! With encryption, the encoded content after the seal is an encrypted
+//! stream ([`crate::crypto`]) and the seal records `encryption_key_id`; the
+//! seal itself stays readable, and the object is no longer a `.zst` file.
 
 use std::sync::Arc;
 
@@ -25,6 +29,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::{Codec, Encoder, ObjectInfo, READ_BUFFER, decode_verified};
+use crate::crypto::EncryptionKey;
 use crate::error::{Error, Result};
 
 /// The magic of the zstd skippable frame that opens a sealed object.
@@ -84,7 +89,8 @@ impl Codec {
         R: AsyncRead + Unpin + Send,
     {
         let name = path.as_ref();
-        let mut encoder = Encoder::new(self.compression, self.level, reader);
+        let key = self.write_key(name)?;
+        let mut encoder = Encoder::new(self.compression, self.level, key, reader);
         let mut data = Vec::new();
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
@@ -114,6 +120,7 @@ impl Codec {
             sha256: hex::encode(Sha256::digest(&data)),
             content_sha256: hex::encode(content.hasher.finalize()),
             compression: self.compression,
+            encryption_key_id: key.map(EncryptionKey::id),
         };
         let header = Bytes::from(seal_frame(name, &ours));
         let data = Bytes::from(data);
@@ -222,7 +229,7 @@ impl Codec {
         let stream = futures::stream::once(std::future::ready(Ok(rest)))
             .chain(stream)
             .boxed();
-        decode_verified(name, stream, &seal.info, writer, None).await?;
+        decode_verified(name, stream, &seal.info, &self.encryption, writer, None).await?;
         Ok(seal.info)
     }
 }
@@ -305,6 +312,67 @@ mod tests {
             codec.get_sealed(&store, &path, &mut out).await.unwrap();
             assert_eq!(out, data, "never overwritten");
         }
+    }
+
+    #[tokio::test]
+    async fn encrypted_sealed_objects() {
+        let key = EncryptionKey::generate();
+        let codec = Codec::default().with_encryption(crate::Encryption::Key(key.clone()));
+        let store = mem();
+        let path = Path::from("wal/00000001/000000010000000000000002.zst");
+        let data = data();
+        let SealedPut::Created(info) = codec
+            .put_sealed(&store, &path, &data[..], 1 << 24)
+            .await
+            .unwrap()
+        else {
+            panic!("not created")
+        };
+        assert_eq!(info.encryption_key_id, Some(key.id()));
+        let mut out = Vec::new();
+        assert_eq!(
+            codec.get_sealed(&store, &path, &mut out).await.unwrap(),
+            info
+        );
+        assert_eq!(out, data);
+        let again = codec
+            .put_sealed(&store, &path, &data[..], 1 << 24)
+            .await
+            .unwrap();
+        let SealedPut::Exists { ours, existing } = again else {
+            panic!("{again:?}")
+        };
+        assert_eq!(ours.content_sha256, existing.content_sha256);
+
+        let err = Codec::default()
+            .get_sealed(&store, &path, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::KeyMissing { .. }), "{err:?}");
+        let other =
+            Codec::default().with_encryption(crate::Encryption::Key(EncryptionKey::generate()));
+        let err = other
+            .get_sealed(&store, &path, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
+
+        let mut stored = store
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec();
+        let last = stored.len() - 1;
+        stored[last] ^= 1;
+        store.put(&path, stored.into()).await.unwrap();
+        let err = codec
+            .get_sealed(&store, &path, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
     }
 
     #[tokio::test]

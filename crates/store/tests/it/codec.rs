@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use warmspare_store::object_store::path::Path;
 use warmspare_store::object_store::{ObjectStore, ObjectStoreExt};
-use warmspare_store::{Codec, Compression, Error};
+use warmspare_store::{Codec, Compression, Encryption, EncryptionKey, Error};
 use warmspare_testkit::{Fault, FaultStore, Op};
 
 use crate::backend::Backend;
@@ -15,6 +15,8 @@ crate::conformance!(
     codec_roundtrip_64_mib_multipart,
     codec_detects_overwritten_object,
     codec_download_fault_is_retryable_not_corruption,
+    codec_encrypted_roundtrip_and_failures,
+    codec_encrypted_64_mib_multipart,
 );
 
 async fn roundtrip(codec: &Codec, store: &Arc<dyn ObjectStore>, path: &str, seed: u64, len: u64) {
@@ -149,6 +151,78 @@ async fn codec_download_fault_is_retryable_not_corruption(b: &Backend) {
         .unwrap();
 }
 
+fn encrypted(codec: &Codec, key: &EncryptionKey) -> Codec {
+    codec.clone().with_encryption(Encryption::Key(key.clone()))
+}
+
+async fn codec_encrypted_roundtrip_and_failures(b: &Backend) {
+    let key = EncryptionKey::generate();
+    let store = b.store.object_store();
+    for compression in [Compression::Zstd, Compression::None] {
+        let codec = encrypted(&Codec::new(compression), &key);
+        for (name, len) in [
+            ("empty", 0),
+            ("one", 1),
+            ("small", 100_003),
+            ("segments", 4 << 16),
+        ] {
+            roundtrip(&codec, store, &format!("e/{compression:?}/{name}"), 11, len).await;
+        }
+    }
+
+    let faults = FaultStore::new(Arc::clone(store));
+    let faulty: Arc<dyn ObjectStore> = Arc::new(faults.clone());
+    let codec = encrypted(b.store.codec(), &key);
+    let path = Path::from("snapshots/e/data");
+    let info = codec
+        .put(&faulty, &path, PatternReader::new(9, 1_000_000), None)
+        .await
+        .unwrap();
+    assert_eq!(info.encryption_key_id, Some(key.id()));
+    faults.inject(Fault::flip_byte(Op::Get, 500_000).once());
+    let err = codec
+        .get(&faulty, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Authentication { path, .. } if path == "snapshots/e/data"),
+        "{err:?}"
+    );
+    faults.inject(Fault::truncate_with_error(Op::Get, 4096).once());
+    let err = codec
+        .get(&faulty, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Store { .. }) && err.is_retryable(),
+        "{err:?}"
+    );
+
+    let err = b
+        .store
+        .codec()
+        .get(store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::KeyMissing { .. }), "{err:?}");
+    let err = encrypted(b.store.codec(), &EncryptionKey::generate())
+        .get(store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().starts_with("wrong key:"), "{err}");
+    codec
+        .get(store, &path, &info, &mut HashingWriter::default(), None)
+        .await
+        .unwrap();
+}
+
+async fn codec_encrypted_64_mib_multipart(b: &Backend) {
+    let key = EncryptionKey::generate();
+    let len = 64 * 1024 * 1024 + 12_345;
+    let codec = encrypted(b.store.codec(), &key);
+    roundtrip(&codec, b.store.object_store(), "e/large", 43, len).await;
+}
+
 /// Peak memory stays bounded for a 1 GiB object. Run alone, it is the only
 /// thing in the process: `cargo test -p warmspare-store --test it --
 /// --ignored --exact codec::one_gib_in_bounded_memory`.
@@ -178,6 +252,21 @@ fn peak_rss_kib() -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// The same, encrypted: `cargo test -p warmspare-store --test it --
+/// --ignored --exact codec::one_gib_encrypted_in_bounded_memory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "slow: streams 1 GiB; run explicitly"]
+async fn one_gib_encrypted_in_bounded_memory() {
+    let backend = crate::backend::filesystem();
+    let codec = encrypted(backend.store.codec(), &EncryptionKey::generate());
+    let len = 1024 * 1024 * 1024;
+    let before = peak_rss_kib();
+    roundtrip(&codec, backend.store.object_store(), "c/huge", 5, len).await;
+    let peak = peak_rss_kib();
+    eprintln!("peak RSS: before {before} KiB, after 1 GiB encrypted put+get {peak} KiB");
+    assert!(peak < 100 * 1024, "peak RSS {peak} KiB");
 }
 
 /// The same through S3 multipart upload (parts in flight count too).
