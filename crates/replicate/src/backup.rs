@@ -76,6 +76,15 @@ pub async fn backup_artifacts(
     progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
 ) -> Result<ArtifactBackup> {
     options.validate()?;
+    if repo.store().encryption_enabled() {
+        // Blobs and inventories are written raw, not through the codec:
+        // refuse rather than store plaintext in an encrypted repository.
+        return Err(Error::InvalidOptions {
+            reason: "artifact backups cannot be encrypted yet, and the repository has \
+                     encryption_key_file set; back up the database alone (`backup db`)"
+                .into(),
+        });
+    }
     let started = tokio::time::Instant::now();
     let ctx = Ctx::new(
         source,
