@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use warmspare_agent::Config;
 use warmspare_agent::config::SiteConfig;
 use warmspare_snapshot::Error;
-use warmspare_store::{Repository, Store};
+use warmspare_store::{EncryptionKey, Repository, Store, StoreConfig};
 
 use crate::UsageError;
 use crate::output::{one_line, scrub};
@@ -41,8 +41,8 @@ pub(crate) async fn open(
     mode: Open,
     secrets: &[String],
 ) -> anyhow::Result<Repository> {
-    let store = Store::open(&config.repository.store_config())
-        .map_err(|e| failure(&Error::Store(e), secrets))?;
+    let store =
+        Store::open(&store_config(config)?).map_err(|e| failure(&Error::Store(e), secrets))?;
     let url = store.display_url();
     let opened = match mode {
         Open::OrInit => Repository::init(store, OffsetDateTime::now_utc()).await,
@@ -56,6 +56,37 @@ pub(crate) async fn open(
         .into(),
         other => failure(&Error::Store(other), secrets),
     })
+}
+
+/// The repository's store configuration with the encryption key loaded
+/// from `[repository] encryption_key_file` when one is set (the libraries
+/// read no files). Commands that write or read data objects must open the
+/// repository with this: without the key, `store_config()` refuses every
+/// data write rather than storing plaintext.
+pub(crate) fn store_config(config: &Config) -> anyhow::Result<StoreConfig> {
+    let store = config.repository.store_config();
+    let Some(path) = &config.repository.encryption_key_file else {
+        return Ok(store);
+    };
+    let key = read_key_file(path)?;
+    Ok(store.with_encryption_key(key))
+}
+
+/// Reads and parses a key file: 32 bytes as 64 hex digits or base64. A
+/// missing or unreadable file is a usage error naming the file and the
+/// setting; the key never appears in a message.
+fn read_key_file(path: &std::path::Path) -> anyhow::Result<EncryptionKey> {
+    let shown = path.display();
+    let mut text = std::fs::read(path).map_err(|e| {
+        UsageError(format!(
+            "cannot read [repository] encryption_key_file {shown}: {e} \
+             (create one with `openssl rand -hex 32 > {shown}`)"
+        ))
+    })?;
+    let key = EncryptionKey::from_text(&text);
+    // Best effort; the parsed key itself is zeroed on drop.
+    text.fill(0);
+    key.map_err(|e| UsageError(format!("[repository] encryption_key_file {shown}: {e}")).into())
 }
 
 /// The site whose database `backup db` dumps: the current site (`--site`
@@ -129,7 +160,8 @@ pub(crate) fn url_secrets(text: &str) -> Vec<String> {
 /// A snapshot library error as one scrubbed line, marked as a usage error
 /// (exit code 2) when it is about how the command was called: a snapshot
 /// id that does not exist or names the wrong kind, `--target-time` for a
-/// logical snapshot, an unusable URL, a repository that is not one.
+/// logical snapshot, an unusable URL, a repository that is not one, a
+/// missing, wrong or unusable encryption key.
 /// Everything else (unreachable servers, failed tools, corrupt objects) is
 /// an operation failure (exit code 1).
 pub(crate) fn failure(error: &Error, secrets: &[String]) -> anyhow::Error {
@@ -157,6 +189,10 @@ fn is_usage(error: &Error) -> bool {
             StoreError::InvalidConfig { .. }
                 | StoreError::UnsupportedUrl { .. }
                 | StoreError::NotARepository { .. }
+                | StoreError::KeyMissing { .. }
+                | StoreError::WrongKey { .. }
+                | StoreError::KeyNotLoaded { .. }
+                | StoreError::InvalidKey { .. }
         ),
         _ => false,
     }
@@ -204,6 +240,32 @@ mod tests {
             e.to_string(),
             "cannot reach u@h:5432/db: connection refused ***"
         );
+    }
+
+    #[test]
+    fn key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repo.key");
+        let text = format!(
+            "[repository]\nurl = \"file:///srv/repo\"\nencryption_key_file = \"{}\"\n",
+            path.display()
+        );
+        let config = Config::from_toml_str(&text, "t.toml").unwrap();
+        let e = store_config(&config).unwrap_err();
+        assert_eq!(crate::exit_code_of(&e), crate::EXIT_USAGE);
+        assert!(e.to_string().contains("repo.key"), "{e}");
+        let hex = "5a".repeat(16) + &"a5".repeat(16);
+        std::fs::write(&path, format!("{hex}\n")).unwrap();
+        let store = store_config(&config).unwrap();
+        let key = store.encryption.key().unwrap();
+        assert_eq!(key.to_hex().as_str(), hex);
+        std::fs::write(&path, "not a key").unwrap();
+        let e = store_config(&config).unwrap_err();
+        assert_eq!(crate::exit_code_of(&e), crate::EXIT_USAGE);
+        assert!(!e.to_string().contains("not a key"), "{e}");
+        let plain =
+            Config::from_toml_str("[repository]\nurl = \"file:///srv/repo\"\n", "t.toml").unwrap();
+        assert!(!store_config(&plain).unwrap().encryption.is_enabled());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warmspare_store::StoreConfig;
+use warmspare_store::{Encryption, StoreConfig};
 
 pub use cron::{CronError, CronExpr};
 pub use error::ConfigError;
@@ -291,6 +291,13 @@ impl RepositoryConfig {
 
     /// The store configuration to open the repository with
     /// (`warmspare_store::Store::open`).
+    ///
+    /// With `encryption_key_file` set, the key is *not* loaded (this
+    /// library reads no files): encryption is marked
+    /// [`Encryption::KeyNotLoaded`], which refuses every data write and
+    /// every read of an encrypted object, until the program reads the file
+    /// and sets the key with [`StoreConfig::with_encryption_key`]. Lease and
+    /// other compare-and-swap objects work either way.
     pub fn store_config(&self) -> StoreConfig {
         let mut c = StoreConfig::new(self.url.as_str());
         c.endpoint = self.endpoint.as_ref().map(|e| e.as_str().to_owned());
@@ -309,6 +316,11 @@ impl RepositoryConfig {
         }
         if let Some(t) = self.read_timeout {
             c.read_timeout = t;
+        }
+        if let Some(path) = &self.encryption_key_file {
+            c.encryption = Encryption::KeyNotLoaded {
+                source: format!("encryption_key_file {}", path.display()),
+            };
         }
         c
     }
@@ -431,13 +443,15 @@ impl Config {
         {
             return invalid("repository.compression_level", "must be between 1 and 19");
         }
-        if self.repository.encryption_key_file.is_some() {
-            // Refused rather than ignored: an operator who asked for
-            // encryption must never get plaintext backups silently.
+        if self
+            .repository
+            .encryption_key_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
             return invalid(
                 "repository.encryption_key_file",
-                "encryption at rest is not available in this version of warmspare; \
-                 remove the key (backups would otherwise be written unencrypted)",
+                "is empty; name the file holding the key (`openssl rand -hex 32`)",
             );
         }
         for (key, t) in [

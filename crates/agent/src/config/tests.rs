@@ -1,8 +1,7 @@
 use super::*;
 
-/// The example from DESIGN.md, verbatim except for `encryption_key_file`,
-/// which this version refuses (encryption at rest is not built yet; see
-/// `encryption_is_refused_not_ignored`).
+/// The example from DESIGN.md, verbatim except for `encryption_key_file`
+/// (see `encryption_key_file_fails_closed_until_loaded`).
 const DESIGN_EXAMPLE: &str = r#"
 site = "primary"                     # which [sites.*] entry this process is (CLI: --site overrides)
 
@@ -73,16 +72,32 @@ fn config_error(text: &str) -> ConfigError {
 }
 
 #[test]
-fn encryption_is_refused_not_ignored() {
+fn encryption_key_file_fails_closed_until_loaded() {
     let text = DESIGN_EXAMPLE.replace(
         "compression = \"zstd\"",
         "compression = \"zstd\"\nencryption_key_file = \"/etc/warmspare/repo.key\"",
     );
-    let e = config_error(&text);
+    let c = load(&text);
     assert_eq!(
-        e.key.as_deref(),
-        Some("repository.encryption_key_file"),
-        "{e}"
+        c.repository.encryption_key_file.as_deref(),
+        Some(std::path::Path::new("/etc/warmspare/repo.key"))
+    );
+    // The library reads no files: until the program loads the key, every
+    // data write through the store is refused, never done in plaintext.
+    let store = c.repository.store_config();
+    assert!(store.encryption.is_enabled());
+    assert!(store.encryption.key().is_none());
+    assert!(
+        matches!(&store.encryption, Encryption::KeyNotLoaded { source } if source.contains("/etc/warmspare/repo.key")),
+        "{:?}",
+        store.encryption
+    );
+    assert!(
+        !load(DESIGN_EXAMPLE)
+            .repository
+            .store_config()
+            .encryption
+            .is_enabled()
     );
 }
 
@@ -274,15 +289,13 @@ fn relations_between_keys_are_checked() {
         (Some(4), Some("retention.keep_last")),
         "{e}"
     );
-    let e = config_error(&format!(
-        "{MINIMAL}encryption_key_file = \"/etc/warmspare/repo.key\"\n"
-    ));
+    let e = config_error(&format!("{MINIMAL}encryption_key_file = \"\"\n"));
     assert_eq!(
         e.key.as_deref(),
         Some("repository.encryption_key_file"),
         "{e}"
     );
-    assert!(e.to_string().contains("not available"), "{e}");
+    assert!(e.to_string().contains("is empty"), "{e}");
 }
 
 #[test]
