@@ -136,7 +136,11 @@ fn try_fetch(
     let secrets = repo::secrets(&config, []);
     let runtime = super::runtime().map_err(|e| Failure::Fatal(format!("{e:#}")))?;
     runtime.block_on(async {
-        let store = warmspare_store::Store::open(&config.repository.store_config())
+        // The key file, when configured, is needed to read encrypted WAL;
+        // an unreadable key file is a configuration error: fatal.
+        let store_config = repo::store_config(&config)
+            .map_err(|e| Failure::Fatal(scrub(&format!("{e:#}"), &secrets)))?;
+        let store = warmspare_store::Store::open(&store_config)
             .map_err(|e| classify(&warmspare_snapshot::Error::Store(e), standby, &secrets))?;
         let repository = warmspare_store::Repository::open(store)
             .await
