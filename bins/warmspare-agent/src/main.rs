@@ -68,7 +68,7 @@ fn run() -> anyhow::Result<ExitCode> {
     let mut config = Config::from_toml_str(&text, &origin)?;
     config.apply_env(std::env::vars());
 
-    let mut options = AgentOptions::new();
+    let mut options = AgentOptions::new().standard_jobs();
     if let Some(site) = cli.site {
         options = options.site(site);
     }

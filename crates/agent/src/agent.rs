@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Secret};
+use crate::failover::{Gate, Links, Plan};
 use crate::http::auth::TokenDigest;
 use crate::job::{JOB_NAMES, Job};
 use crate::state::{JobSlot, Shared};
@@ -48,6 +49,9 @@ pub struct AgentOptions {
     job_timeouts: BTreeMap<String, Duration>,
     cancel_grace: Duration,
     clock: Arc<dyn Clock>,
+    failover: bool,
+    initial_holder: Option<String>,
+    standard_jobs: bool,
 }
 
 impl Default for AgentOptions {
@@ -61,6 +65,9 @@ impl Default for AgentOptions {
             job_timeouts: BTreeMap::new(),
             cancel_grace: DEFAULT_CANCEL_GRACE,
             clock: Arc::new(SystemClock),
+            failover: true,
+            initial_holder: None,
+            standard_jobs: false,
         }
     }
 }
@@ -78,6 +85,9 @@ impl fmt::Debug for AgentOptions {
             .field("job_timeout", &self.job_timeout)
             .field("job_timeouts", &self.job_timeouts)
             .field("cancel_grace", &self.cancel_grace)
+            .field("failover", &self.failover)
+            .field("initial_holder", &self.initial_holder)
+            .field("standard_jobs", &self.standard_jobs)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +152,29 @@ impl AgentOptions {
         self.clock = clock;
         self
     }
+
+    /// Whether the agent hosts the failover driver (default: yes, when the
+    /// configuration has exactly two sites). Off: `/active` and
+    /// `/standby` answer 503 and `/failover` is refused.
+    pub fn failover(mut self, enabled: bool) -> Self {
+        self.failover = enabled;
+        self
+    }
+
+    /// The site that creates the lease when none exists yet, instead of
+    /// the default: the site named `primary`, else the first site by name.
+    pub fn initial_holder(mut self, site: impl Into<String>) -> Self {
+        self.initial_holder = Some(site.into());
+        self
+    }
+
+    /// Registers the built-in implementations of `backup`, `sync`,
+    /// `restore`, `verify` and `prune` ([`crate::jobs`]) for every job
+    /// name the embedder did not register itself.
+    pub fn standard_jobs(mut self) -> Self {
+        self.standard_jobs = true;
+        self
+    }
 }
 
 /// The agent of one site, configured and ready to bind its listener.
@@ -158,6 +191,7 @@ pub struct Agent {
     shared: Arc<Shared>,
     listen: SocketAddr,
     cancel_grace: Duration,
+    plan: Option<Plan>,
 }
 
 impl fmt::Debug for Agent {
@@ -213,8 +247,29 @@ impl Agent {
                 return invalid(format!("timeout for unknown job `{name}`"));
             }
         }
+        let plan = if options.failover {
+            Plan::from_config(&config, &site, options.initial_holder.as_deref())
+        } else {
+            Err(crate::failover::DISABLED.to_owned())
+        };
+        let links = Arc::new(Links::new(match &plan {
+            Ok(_) => Gate::Starting,
+            Err(reason) => Gate::Off(reason.clone()),
+        }));
+        if let Err(reason) = &plan {
+            tracing::info!(%reason, "no failover driver at this site");
+        }
+        let mut all_jobs = options.jobs.clone();
+        if options.standard_jobs {
+            let taken: Vec<String> = all_jobs.iter().map(|j| j.name().to_owned()).collect();
+            for job in crate::jobs::standard(&config, &site, &links, &options.clock) {
+                if !taken.iter().any(|t| t == job.name()) {
+                    all_jobs.push(job);
+                }
+            }
+        }
         let mut registered: BTreeMap<&str, Arc<dyn Job>> = BTreeMap::new();
-        for job in &options.jobs {
+        for job in &all_jobs {
             let name = job.name();
             if !JOB_NAMES.contains(&name) {
                 return invalid(format!(
@@ -250,11 +305,13 @@ impl Agent {
             jobs,
             paused: watch::Sender::new(false),
             token: options.token.as_ref().map(TokenDigest::new),
+            links,
         };
         Ok(Agent {
             shared: Arc::new(shared),
             listen: options.listen.unwrap_or(config.agent.listen),
             cancel_grace: options.cancel_grace,
+            plan: plan.ok(),
         })
     }
 
@@ -348,6 +405,22 @@ impl BoundAgent {
         tracing::info!(site = %shared.site, listen = %local_addr, "agent started");
 
         let (stop, stopped) = watch::channel(false);
+        // The driver runs beside the scheduler and the server, inside this
+        // future: dropping `run` stops its renewals too (a dead agent must
+        // fail closed). It starts fenced and stops when `stop` is raised.
+        let failover = {
+            let (plan, links, clock, stopped) = (
+                agent.plan,
+                shared.links.clone(),
+                shared.clock.clone(),
+                stopped.clone(),
+            );
+            async move {
+                if let Some(plan) = plan {
+                    crate::failover::run(plan, links, clock, stopped).await;
+                }
+            }
+        };
         let scheduler = crate::scheduler::run(shared.clone(), stopped.clone(), agent.cancel_grace);
         let server = crate::http::serve(listener, shared.clone(), stopped, agent.cancel_grace);
         let trigger = async {
@@ -355,7 +428,7 @@ impl BoundAgent {
             tracing::info!("shutting down");
             let _ = stop.send(true);
         };
-        tokio::join!(scheduler, server, trigger);
+        tokio::join!(scheduler, server, trigger, failover);
         tracing::info!("agent stopped");
         Ok(())
     }

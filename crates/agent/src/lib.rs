@@ -46,7 +46,8 @@
 //!   [`BoundAgent`] (its listener bound, for the address of port 0).
 //! * [`Job`]: one recurring piece of work (`backup`, `sync`, `restore`,
 //!   `verify`, `prune`), registered by the embedder; [`FnJob`] wraps a
-//!   closure. The scheduler runs each at the times of the `[schedule]`
+//!   closure; [`AgentOptions::standard_jobs`] registers the built-in ones
+//!   ([`jobs`]). The scheduler runs each at the times of the `[schedule]`
 //!   section (5-field cron in UTC, or `every 30s`), never two runs of one
 //!   job at once (a due time that finds it running is skipped and
 //!   counted), each with a timeout, and records every run's outcome.
@@ -61,12 +62,12 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /health` | 200 while the agent runs; JSON with one check per job (`ok`, `failing`, `pending`, `not_available`, ...) |
-//! | `GET /active` | 503 `{"active":false,"reason":"failover driver not running"}` until the failover driver is wired in |
-//! | `GET /standby` | 503 `{"standby":false,"reason":"failover driver not running"}`, likewise |
-//! | `GET /status` | 200; JSON: site, paused, each job's schedule, state, next run, last start/finish/outcome/error, counters; `lease` and `rpo_seconds` null |
+//! | `GET /active` | 200 iff the failover driver says this site may accept traffic *now* (`DriverHandle::may_accept_traffic`); else 503 with the `reason` |
+//! | `GET /standby` | 200 iff the driver runs, this site does not hold the lease and its own service is healthy; else 503 with the `reason` |
+//! | `GET /status` | 200; JSON: site, paused, each job's schedule, state, next run, last start/finish/outcome/error, counters; `failover` (role, epoch, health, time left, last alert, or why no driver runs), `lease` (holder, epoch, renewals; null when unknown), `rpo_seconds`, `last_snapshot`, `sync_objects_total`, `probes` |
 //! | `GET /metrics` | 200; Prometheus text format 0.0.4 |
-//! | `POST /pause`, `/resume` | pause or resume the scheduler (due times are skipped and counted while paused) |
-//! | `POST /failover` | 503 `failover driver not running` |
+//! | `POST /pause`, `/resume` | pause or resume the scheduler (due times are skipped and counted while paused) and the failover policy (maintenance: no automatic takeover; renewal and self-fencing go on) |
+//! | `POST /failover` | body: `warmspare_failover::remote::AgentCommand` as JSON (`{"command":"failover","force":false}`, `{"command":"switchover","to":"spare"}`); 200 accepted, 409 refused by the policy (with its message), 400 bad body, 503 no driver |
 //!
 //! `HEAD` works wherever `GET` does; another method gets 405 with `Allow`,
 //! an unknown path 404. The `POST` endpoints need `Authorization: Bearer
@@ -80,8 +81,33 @@
 //! `warmspare_job_skipped_total{reason="overlap"|"paused"}`,
 //! `warmspare_job_running`, `warmspare_last_success_timestamp_seconds`,
 //! `warmspare_job_last_start_timestamp_seconds`,
-//! `warmspare_job_next_run_timestamp_seconds`. A value nobody has measured
-//! is left out, never exported as zero.
+//! `warmspare_job_next_run_timestamp_seconds`; from the jobs
+//! `warmspare_last_snapshot_timestamp_seconds`,
+//! `warmspare_sync_objects_total`, `warmspare_rpo_seconds`; from the
+//! driver `warmspare_may_accept_traffic`, `warmspare_lease_epoch`,
+//! `warmspare_lease_holder{site}` and
+//! `warmspare_probe_up{target,side="local"|"peer"}`. A value nobody has
+//! measured is left out, never exported as zero.
+//!
+//! # Failover
+//!
+//! With exactly two `[sites.*]` the agent hosts the failover driver of
+//! `warmspare-failover` (turn it off with [`AgentOptions::failover`]). At
+//! start it opens the repository with the lease timeouts and runs the
+//! compare-and-swap probe on it; on failure it logs an error and runs no
+//! driver (`/active` answers 503, reason `repository failed the
+//! compare-and-swap probe: ...`). Otherwise the driver runs with the
+//! `[failover]` timing, this site's database for fencing and promotion,
+//! the `on_promote`/`on_fence` hooks, and probes of both sites (their
+//! `health` targets, else their database and agent `/health`). The lease
+//! is created by the *initial holder*: the site named `primary`, else the
+//! first site by name, unless [`AgentOptions::initial_holder`] names
+//! another. A logical-restore site reports the age of the snapshot it last
+//! restored as its replication lag, which the `max_data_loss` guard
+//! weighs; until its first restore the lag is unknown and it does not take
+//! over automatically. At shutdown the driver stops and the lease is *not*
+//! released (the driver has no plain release; a restarted agent reclaims
+//! it, otherwise it expires after `lease_ttl`).
 //!
 //! # Shutdown
 //!
@@ -94,15 +120,9 @@
 //! # What is wired, and what is not yet
 //!
 //! Wired: the configuration, the scheduler (pause and resume included),
-//! the HTTP endpoints, graceful shutdown.
-//!
-//! Not yet: the concrete jobs (they land with `warmspare-snapshot` and
-//! `warmspare-replicate`; until they are registered, a scheduled job is
-//! reported as `not_available` and never runs), the health probes and the
-//! failover driver (until then `/active` and `/standby` answer 503 with
-//! the reason `failover driver not running`, `/failover` does the same,
-//! `lease` in `/status` is null, and no RPO or lease metric is exported).
-//! The agent never reports what it has not measured.
+//! the HTTP endpoints, graceful shutdown, the built-in jobs, the probes
+//! and the failover driver. Not yet: releasing the lease at shutdown (see
+//! above). The agent never reports what it has not measured.
 //!
 //! # Configuration
 //!
@@ -132,8 +152,10 @@
 mod agent;
 pub mod clock;
 pub mod config;
+mod failover;
 mod http;
 mod job;
+pub mod jobs;
 mod scheduler;
 mod state;
 

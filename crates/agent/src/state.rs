@@ -8,8 +8,12 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use warmspare_failover::DriverState;
+use warmspare_failover::policy::Target;
+
 use crate::clock::Clock;
 use crate::config::Schedule;
+use crate::failover::{Links, Measures, is_healthy_standby};
 use crate::job::Job;
 
 /// State shared by the scheduler and the HTTP server.
@@ -22,6 +26,8 @@ pub(crate) struct Shared {
     pub(crate) paused: watch::Sender<bool>,
     /// The SHA-256 of the bearer token, if one was configured.
     pub(crate) token: Option<crate::http::auth::TokenDigest>,
+    /// The failover driver (or why there is none) and the jobs' measures.
+    pub(crate) links: Arc<Links>,
 }
 
 /// One job the agent knows of: scheduled, registered, or both.
@@ -149,11 +155,28 @@ pub(crate) struct View {
     pub(crate) now: OffsetDateTime,
     pub(crate) paused: bool,
     pub(crate) jobs: Vec<JobView>,
-    /// The age of the newest state the spare holds; unknown until the
-    /// replication and snapshot jobs report it.
+    /// The age of the newest state the spare holds: the newest restored
+    /// snapshot's age, else the replay lag the probes measured.
     pub(crate) rpo_seconds: Option<f64>,
-    /// The lease epoch; unknown until the failover driver runs.
-    pub(crate) lease_epoch: Option<u64>,
+    /// The failover driver's state, or why there is none.
+    pub(crate) failover: FailoverView,
+    /// What the jobs measured.
+    pub(crate) measures: Measures,
+    /// The latest probe results: target, probe name, up.
+    pub(crate) probes: Vec<(Target, String, bool)>,
+}
+
+/// The failover driver in a [`View`].
+#[derive(Debug, Clone)]
+pub(crate) enum FailoverView {
+    /// No running driver, and why.
+    Off(String),
+    /// The driver's published state and the answers against the clock now.
+    Running {
+        state: Box<DriverState>,
+        may_accept_traffic: bool,
+        healthy_standby: bool,
+    },
 }
 
 /// One job in a [`View`].
@@ -184,17 +207,44 @@ impl Shared {
                 }
             })
             .collect();
+        let now = self.clock.now();
+        let failover = match self.links.handle() {
+            Some(handle) if handle.state().running => {
+                let state = handle.state();
+                FailoverView::Running {
+                    may_accept_traffic: handle.may_accept_traffic(),
+                    healthy_standby: is_healthy_standby(&handle, &state),
+                    state: Box::new(state),
+                }
+            }
+            _ => FailoverView::Off(self.links.no_driver_reason()),
+        };
+        let measures = self.links.measures();
+        // Unknown stays unknown (None), never a made-up zero.
+        // What a failover to this site would lose: meaningless at the site
+        // that accepts the traffic itself.
+        let rpo_seconds = match (&measures.restored_taken_at, &failover) {
+            (
+                _,
+                FailoverView::Running {
+                    may_accept_traffic: true,
+                    ..
+                },
+            ) => None,
+            (Some(taken), _) => Some((now - *taken).as_seconds_f64().max(0.0)),
+            (None, FailoverView::Running { state, .. }) => state.lag.map(|l| l.as_secs_f64()),
+            _ => None,
+        };
         View {
             site: self.site.clone(),
             started_at: self.started_at,
-            now: self.clock.now(),
+            now,
             paused: self.is_paused(),
             jobs,
-            // Nothing measures these yet: no snapshot or replication job
-            // and no failover driver is wired into the agent. They stay
-            // unknown rather than a made-up zero.
-            rpo_seconds: None,
-            lease_epoch: None,
+            rpo_seconds,
+            failover,
+            measures,
+            probes: self.links.probe_results(),
         }
     }
 }

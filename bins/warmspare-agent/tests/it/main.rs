@@ -147,8 +147,8 @@ fn sigterm_stops_the_agent_cleanly_and_the_token_is_never_logged() {
         .unwrap();
     assert!(!logs.contains(TOKEN), "{logs}");
     for needle in [
-        "scheduled jobs are not available in this build",
-        "\"jobs\":\"backup\"",
+        // The binary registers the built-in jobs.
+        "\"job\":\"backup\",\"schedule\":\"every 1s\",\"available\":true",
         "agent started",
         "scheduler paused",
         "SIGTERM received",

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use time::OffsetDateTime;
 
-use crate::state::{JobRecord, JobState, View};
+use crate::state::{FailoverView, JobRecord, JobState, View};
 
 /// The `Content-Type` of the format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -145,13 +145,77 @@ pub(crate) fn render(view: &View) -> String {
         );
         out.sample("warmspare_rpo_seconds", &[], rpo);
     }
-    if let Some(epoch) = view.lease_epoch {
+    if let Some(t) = view.measures.last_snapshot {
         out.family(
-            "warmspare_lease_epoch",
+            "warmspare_last_snapshot_timestamp_seconds",
             "gauge",
-            "Epoch (fencing token) of the lease as last observed.",
+            "Unix time at which the newest snapshot this agent wrote was taken.",
         );
-        out.sample("warmspare_lease_epoch", &[], epoch);
+        out.sample("warmspare_last_snapshot_timestamp_seconds", &[], seconds(t));
+    }
+    if view.measures.synced {
+        out.family(
+            "warmspare_sync_objects_total",
+            "counter",
+            "Objects copied to the other site's artifact store by sync since the agent started.",
+        );
+        out.sample(
+            "warmspare_sync_objects_total",
+            &[],
+            view.measures.sync_objects_total,
+        );
+    }
+    if let FailoverView::Running {
+        state,
+        may_accept_traffic,
+        ..
+    } = &view.failover
+    {
+        out.family(
+            "warmspare_may_accept_traffic",
+            "gauge",
+            "1 while the failover driver says this site may accept live traffic, else 0.",
+        );
+        out.sample(
+            "warmspare_may_accept_traffic",
+            &[],
+            u8::from(*may_accept_traffic),
+        );
+        if let Some(lease) = &state.lease {
+            out.family(
+                "warmspare_lease_epoch",
+                "gauge",
+                "Epoch (fencing token) of the lease as last observed.",
+            );
+            out.sample("warmspare_lease_epoch", &[], lease.epoch);
+            out.family(
+                "warmspare_lease_holder",
+                "gauge",
+                "1 for the site that holds the lease as last observed (0 when released).",
+            );
+            out.sample(
+                "warmspare_lease_holder",
+                &[("site", &lease.holder)],
+                u8::from(!lease.released),
+            );
+        }
+    }
+    if !view.probes.is_empty() {
+        out.family(
+            "warmspare_probe_up",
+            "gauge",
+            "1 when the latest probe of the target succeeded, else 0.",
+        );
+        for (target, name, ok) in &view.probes {
+            out.sample(
+                "warmspare_probe_up",
+                &[
+                    ("target", name),
+                    ("side", super::views::target_name(*target)),
+                ],
+                u8::from(*ok),
+            );
+        }
     }
     out.0
 }
@@ -242,7 +306,9 @@ mod tests {
                 },
             ],
             rpo_seconds: None,
-            lease_epoch: None,
+            failover: FailoverView::Off("no peer site configured".into()),
+            measures: crate::failover::Measures::default(),
+            probes: Vec::new(),
         }
     }
 
@@ -295,17 +361,35 @@ mod tests {
         let text = render(&view());
         assert!(!text.contains("warmspare_rpo_seconds"));
         assert!(!text.contains("warmspare_lease_epoch"));
+        assert!(!text.contains("warmspare_may_accept_traffic"));
+        assert!(!text.contains("warmspare_last_snapshot_timestamp_seconds"));
+        assert!(!text.contains("warmspare_sync_objects_total"));
 
         let mut known = view();
         known.rpo_seconds = Some(12.5);
-        known.lease_epoch = Some(7);
+        known.measures.last_snapshot = Some(known.started_at);
+        known.measures.synced = true;
+        known.measures.sync_objects_total = 4;
+        known.probes = vec![(
+            warmspare_failover::policy::Target::Peer,
+            "tcp://10.0.0.2:5432".into(),
+            false,
+        )];
         let text = render(&known);
         assert!(text.lines().any(|l| l == "warmspare_rpo_seconds 12.5"));
         assert!(
             text.lines()
-                .any(|l| l == "# TYPE warmspare_lease_epoch gauge")
+                .any(|l| l == "warmspare_last_snapshot_timestamp_seconds 1767222000")
         );
-        assert!(text.lines().any(|l| l == "warmspare_lease_epoch 7"));
+        assert!(
+            text.lines()
+                .any(|l| l == "# TYPE warmspare_sync_objects_total counter")
+        );
+        assert!(text.lines().any(|l| l == "warmspare_sync_objects_total 4"));
+        assert!(
+            text.lines()
+                .any(|l| l == "warmspare_probe_up{target=\"tcp://10.0.0.2:5432\",side=\"peer\"} 0")
+        );
     }
 
     #[test]

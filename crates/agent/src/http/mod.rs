@@ -3,12 +3,12 @@
 //! | endpoint | answer |
 //! | --- | --- |
 //! | `GET /health` | 200, JSON: the agent is up, one check per job |
-//! | `GET /active` | 503 until a failover driver decides this site holds the lease |
-//! | `GET /standby` | 503 until a failover driver decides this site is a healthy spare |
+//! | `GET /active` | 200 iff the failover driver says this site may accept traffic now |
+//! | `GET /standby` | 200 iff this site is a healthy spare (driver running, not the holder) |
 //! | `GET /status` | 200, JSON: site, jobs (last outcome, next run), lease |
 //! | `GET /metrics` | 200, Prometheus text format 0.0.4 |
-//! | `POST /pause`, `/resume` | bearer token; pause or resume the scheduler |
-//! | `POST /failover` | bearer token; 503 until a failover driver exists |
+//! | `POST /pause`, `/resume` | bearer token; pause or resume the scheduler and the failover policy |
+//! | `POST /failover` | bearer token; an `AgentCommand` (JSON): 200 accepted, 409 refused, 503 no driver |
 //!
 //! `HEAD` is accepted wherever `GET` is. Other methods get 405 with
 //! `Allow`, other paths 404. Mutating endpoints answer 403 when no token is
@@ -37,7 +37,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::state::{Shared, raised};
+use warmspare_failover::driver::CommandReply;
+use warmspare_failover::policy::Command;
+use warmspare_failover::remote::AgentCommand;
+
+use crate::state::{FailoverView, Shared, raised};
 use auth::Verdict;
 
 /// Largest request body accepted (mutating endpoints take none).
@@ -48,8 +52,6 @@ const MAX_HEAD: usize = 16 * 1024;
 const MAX_CONNECTIONS: usize = 256;
 /// Time a client has to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Why `/active`, `/standby` and `/failover` cannot answer yet.
-pub(crate) const NO_DRIVER: &str = "failover driver not running";
 
 type Body = Full<Bytes>;
 
@@ -163,17 +165,59 @@ fn read_only(shared: &Shared, path: &str) -> Response<Body> {
             metrics::CONTENT_TYPE,
             metrics::render(&view),
         ),
-        // Without a failover driver, no site may claim to be active or a
-        // ready standby: load balancers must not be told otherwise.
-        "/active" => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "site": view.site, "active": false, "reason": NO_DRIVER }),
-        ),
-        _ => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "site": view.site, "standby": false, "reason": NO_DRIVER }),
-        ),
+        "/active" => {
+            // Only the driver's answer against the clock *now* counts; no
+            // driver means no site may claim to be active.
+            let (ok, reason) = match &view.failover {
+                FailoverView::Running {
+                    may_accept_traffic: true,
+                    ..
+                } => (true, None),
+                FailoverView::Running { state, .. } => (
+                    false,
+                    Some(format!("not the lease holder (role {})", state.role)),
+                ),
+                FailoverView::Off(reason) => (false, Some(reason.clone())),
+            };
+            gate_response(
+                ok,
+                json!({ "site": view.site, "active": ok, "reason": reason }),
+            )
+        }
+        _ => {
+            let (ok, reason) = match &view.failover {
+                FailoverView::Running {
+                    healthy_standby: true,
+                    ..
+                } => (true, None),
+                FailoverView::Running {
+                    may_accept_traffic: true,
+                    ..
+                } => (false, Some("this site holds the lease".to_owned())),
+                FailoverView::Running { state, .. } => (
+                    false,
+                    Some(format!(
+                        "not a healthy standby (role {}, local service {})",
+                        state.role, state.local
+                    )),
+                ),
+                FailoverView::Off(reason) => (false, Some(reason.clone())),
+            };
+            gate_response(
+                ok,
+                json!({ "site": view.site, "standby": ok, "reason": reason }),
+            )
+        }
     }
+}
+
+fn gate_response(ok: bool, body: serde_json::Value) -> Response<Body> {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json_response(status, &body)
 }
 
 async fn mutating(
@@ -212,34 +256,76 @@ async fn mutating(
     }
     // A declared length over the limit is refused before reading a byte.
     let declared = request.body().size_hint().lower();
-    if declared > MAX_BODY as u64
-        || Limited::new(request.into_body(), MAX_BODY)
+    let body = if declared > MAX_BODY as u64 {
+        None
+    } else {
+        Limited::new(request.into_body(), MAX_BODY)
             .collect()
             .await
-            .is_err()
-    {
+            .ok()
+            .map(|b| b.to_bytes())
+    };
+    let Some(body) = body else {
         return json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             &json!({ "error": format!("request body larger than {MAX_BODY} bytes or unreadable") }),
         );
-    }
+    };
+    let driver = shared.links.handle();
     match path {
-        "/pause" => {
-            if !shared.paused.send_replace(true) {
-                tracing::info!(%peer, "scheduler paused");
+        "/pause" | "/resume" => {
+            let pause = path == "/pause";
+            if shared.paused.send_replace(pause) != pause {
+                tracing::info!(%peer, "scheduler {}", if pause { "paused" } else { "resumed" });
             }
-            json_response(StatusCode::OK, &json!({ "paused": true }))
-        }
-        "/resume" => {
-            if shared.paused.send_replace(false) {
-                tracing::info!(%peer, "scheduler resumed");
+            // The policy's maintenance pause: no automatic takeover, restart
+            // or release; renewal and self-fencing go on.
+            let mut body = json!({ "paused": pause });
+            if let Some(driver) = driver {
+                let command = if pause {
+                    Command::Pause
+                } else {
+                    Command::Resume
+                };
+                body["failover"] = match driver.command(command).await {
+                    Ok(CommandReply::Accepted(m) | CommandReply::Refused(m)) => json!(m),
+                    Err(e) => json!(e.to_string()),
+                };
             }
-            json_response(StatusCode::OK, &json!({ "paused": false }))
+            json_response(StatusCode::OK, &body)
         }
-        _ => json_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({ "error": NO_DRIVER }),
-        ),
+        _ => {
+            let Some(driver) = driver else {
+                return json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "error": shared.links.no_driver_reason() }),
+                );
+            };
+            let command: AgentCommand = match serde_json::from_slice(&body) {
+                Ok(c) => c,
+                Err(e) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({ "error": format!("invalid command: {e}") }),
+                    );
+                }
+            };
+            tracing::info!(%peer, ?command, "operator command");
+            match driver.command(command.into()).await {
+                Ok(CommandReply::Accepted(message)) => json_response(
+                    StatusCode::OK,
+                    &json!({ "accepted": true, "message": message }),
+                ),
+                Ok(CommandReply::Refused(message)) => json_response(
+                    StatusCode::CONFLICT,
+                    &json!({ "accepted": false, "error": message }),
+                ),
+                Err(e) => json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({ "error": e.to_string() }),
+                ),
+            }
+        }
     }
 }
 

@@ -4,7 +4,11 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::state::{JobState, JobView, RunOutcome, View};
+use std::time::Duration;
+
+use warmspare_failover::policy::Target;
+
+use crate::state::{FailoverView, JobState, JobView, RunOutcome, View};
 
 /// The body of `GET /status`.
 pub(crate) fn status(view: &View) -> Value {
@@ -15,11 +19,78 @@ pub(crate) fn status(view: &View) -> Value {
         "now": rfc3339(Some(view.now)),
         "paused": view.paused,
         "jobs": view.jobs.iter().map(job).collect::<Vec<_>>(),
-        // No failover driver is wired in yet: there is no lease to report
-        // and no RPO measured. Null, never a made-up value.
-        "lease": Value::Null,
+        "failover": failover(view),
+        "lease": lease(view),
         "rpo_seconds": view.rpo_seconds,
+        "last_snapshot": rfc3339(view.measures.last_snapshot),
+        "sync_objects_total": view.measures.synced.then_some(view.measures.sync_objects_total),
+        "probes": probes(view),
     })
+}
+
+/// The failover driver: running or why not, and the policy's view.
+fn failover(view: &View) -> Value {
+    match &view.failover {
+        FailoverView::Off(reason) => json!({ "running": false, "reason": reason }),
+        FailoverView::Running {
+            state,
+            may_accept_traffic,
+            healthy_standby,
+        } => json!({
+            "running": true,
+            "role": state.role.to_string(),
+            "may_accept_traffic": may_accept_traffic,
+            "healthy_standby": healthy_standby,
+            "fenced": state.fenced,
+            "paused": state.paused,
+            "local": state.local.to_string(),
+            "peer": state.peer.to_string(),
+            "epoch": state.epoch,
+            "time_left_seconds": state.time_left.map(|d| d.as_secs_f64()),
+            "takeover_in_seconds": state.takeover_in.map(|d| d.as_secs_f64()),
+            "lag_seconds": state.lag.map(|d| d.as_secs_f64()),
+            "last_alert": state.last_alert.as_ref().map(|(kind, message)| {
+                json!({ "kind": format!("{kind:?}"), "message": message })
+            }),
+        }),
+    }
+}
+
+/// The lease as this site last saw it; null when unknown.
+fn lease(view: &View) -> Value {
+    let FailoverView::Running { state, .. } = &view.failover else {
+        return Value::Null;
+    };
+    match &state.lease {
+        None => Value::Null,
+        Some(record) => json!({
+            "holder": record.holder,
+            "epoch": record.epoch,
+            "renewals": record.renewals,
+            "released": record.released,
+            "successor": record.successor,
+            "ttl_seconds": Duration::from_millis(record.ttl_ms).as_secs_f64(),
+            "held_here": record.holder == view.site && !record.released,
+        }),
+    }
+}
+
+fn probes(view: &View) -> Value {
+    if view.probes.is_empty() {
+        return Value::Null;
+    }
+    view.probes
+        .iter()
+        .map(|(target, name, ok)| json!({ "target": target_name(*target), "name": name, "up": ok }))
+        .collect()
+}
+
+/// `local` or `peer`.
+pub(crate) fn target_name(target: Target) -> &'static str {
+    match target {
+        Target::Local => "local",
+        Target::Peer => "peer",
+    }
 }
 
 fn job(job: &JobView) -> Value {
@@ -66,8 +137,7 @@ pub(crate) fn health(view: &View) -> Value {
         "site": view.site,
         "paused": view.paused,
         "checks": checks,
-        // Health probes are not wired into the agent yet.
-        "probes": Value::Null,
+        "probes": probes(view),
     })
 }
 

@@ -42,6 +42,9 @@ impl Harness {
             jobs: vec![slot],
             paused: watch::Sender::new(false),
             token: None,
+            links: Arc::new(crate::failover::Links::new(crate::failover::Gate::Off(
+                "test".into(),
+            ))),
         });
         let (stop, stopped) = watch::channel(false);
         let scheduler = tokio::spawn(run(shared.clone(), stopped, GRACE));

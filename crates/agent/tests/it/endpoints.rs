@@ -161,7 +161,11 @@ async fn active_standby_and_failover_do_not_pretend() {
         let (status, body) = agent.get_json(path).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
         assert_eq!(body[key], false);
-        assert_eq!(body["reason"], "failover driver not running");
+        // One site only: no peer, no driver, and the reason says so.
+        assert_eq!(
+            body["reason"],
+            "no peer site configured: failover needs two sites"
+        );
         assert_eq!(body["site"], "spare");
     }
     let response = agent.post("/failover", Some(TOKEN)).await;
@@ -171,7 +175,7 @@ async fn active_standby_and_failover_do_not_pretend() {
             .text()
             .await
             .unwrap()
-            .contains("failover driver not running")
+            .contains("no peer site configured")
     );
     // The token is checked before anything else.
     assert_eq!(

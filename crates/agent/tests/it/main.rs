@@ -5,6 +5,7 @@
 
 mod endpoints;
 mod lifecycle;
+mod sites;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
