@@ -61,6 +61,8 @@ enum Command {
     Prune(cmd::prune::Args),
     /// Run the whole loop on this machine: two sites, backup, sync, restore, verify, failover.
     Demo(cmd::demo::Args),
+    /// Rehearse a recovery into a scratch cluster and store; report the measured RTO and data age.
+    Drill(cmd::drill::Args),
     /// Mirror the artifacts: this site's store into the other site's, or --from URL --to URL.
     Sync(cmd::sync::Args),
     /// Check the artifacts the database names ([reconcile] query) against the site's store.
@@ -131,6 +133,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Command::Verify(args) => cmd::verify::run(&global, args),
         Command::Prune(args) => cmd::prune::run(&global, args),
         Command::Demo(args) => cmd::demo::run(&global, args),
+        Command::Drill(args) => cmd::drill::run(&global, args),
         Command::Sync(args) => cmd::sync::run(&global, args),
         Command::Reconcile(args) => cmd::reconcile::run(&global, args),
         Command::Wal(args) => cmd::wal::run(&global, args),

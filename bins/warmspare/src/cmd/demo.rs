@@ -31,7 +31,8 @@ use warmspare_replicate::{
 use warmspare_snapshot::{LogicalBackupOptions, RestoreOptions, catalog, restore_logical};
 use warmspare_store::{Repository, Store, StoreConfig};
 
-use crate::{Global, UsageError};
+use super::scratch::{StepRecord, Steps, dir_watchdog, server_bin_dir};
+use crate::Global;
 
 /// The sample service's database.
 const DATABASE: &str = "builder";
@@ -77,58 +78,6 @@ struct Counts {
     primary_artifacts: u64,
     spare_artifacts: u64,
     artifact_bytes: u64,
-}
-
-/// One step as it happened.
-#[derive(Debug, Serialize)]
-struct StepRecord {
-    step: &'static str,
-    ok: bool,
-    seconds: f64,
-    detail: String,
-}
-
-/// Runs the steps, prints each on stderr, records it.
-struct Steps {
-    records: Vec<StepRecord>,
-    total: usize,
-}
-
-impl Steps {
-    async fn run<T>(
-        &mut self,
-        step: &'static str,
-        title: &str,
-        work: impl Future<Output = anyhow::Result<(T, String)>>,
-    ) -> anyhow::Result<T> {
-        let n = self.records.len() + 1;
-        eprintln!("[{n}/{}] {title}", self.total);
-        let started = Instant::now();
-        let result = work.await;
-        let seconds = started.elapsed().as_secs_f64();
-        match result {
-            Ok((value, detail)) => {
-                eprintln!("      ok in {seconds:.2}s: {detail}");
-                self.records.push(StepRecord {
-                    step,
-                    ok: true,
-                    seconds,
-                    detail,
-                });
-                Ok(value)
-            }
-            Err(error) => {
-                eprintln!("      FAILED after {seconds:.2}s: {error:#}");
-                self.records.push(StepRecord {
-                    step,
-                    ok: false,
-                    seconds,
-                    detail: format!("{error:#}"),
-                });
-                Err(error)
-            }
-        }
-    }
 }
 
 /// Everything the demo created; dropping it stops the clusters and removes
@@ -201,22 +150,7 @@ const KEY_SQL: &str = "ident || '/' || origin || '-' || name || '-' || version |
                        || '-x86_64-linux.hart'";
 
 pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
-    let explicit = std::env::var_os("WARMSPARE_PG_BIN").map(PathBuf::from);
-    let bin_dir = match warmspare_pgcluster::find_bin_dir(
-        explicit.as_deref(),
-        std::env::var_os("PATH").as_deref(),
-    ) {
-        Ok(dir) => dir,
-        Err(e) if e.is_not_installed() => {
-            return Err(UsageError(format!(
-                "warmspare demo needs the PostgreSQL server binaries (initdb, pg_ctl, postgres); \
-                 install them with `apt-get install postgresql` or point WARMSPARE_PG_BIN at \
-                 their directory ({e})"
-            ))
-            .into());
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let bin_dir = server_bin_dir("warmspare demo", None)?;
     let started = Instant::now();
     let runtime = super::runtime()?;
     let mut summary = Summary::default();
@@ -439,24 +373,6 @@ async fn setup(bin_dir: &Path) -> anyhow::Result<(Lab, String)> {
         },
         detail,
     ))
-}
-
-/// Removes `dir` once this process is gone, after the clusters' own
-/// watchdogs have stopped their servers and removed their directories
-/// (named `*-db-*`; at most 30 s).
-fn dir_watchdog(dir: &Path) -> anyhow::Result<warmspare_pgcluster::Watchdog> {
-    const SCRIPT: &str = r#"
-dir=$1
-read -r _ || true
-i=0
-while [ "$i" -lt 300 ] && ls -d "$dir"/*-db-* >/dev/null 2>&1; do sleep 0.1; i=$((i + 1)); done
-rm -rf "$dir"
-"#;
-    Ok(warmspare_pgcluster::Watchdog::spawn(
-        SCRIPT,
-        &[dir.display().to_string()],
-        None,
-    )?)
 }
 
 /// The config file for the demo's two sites, for reruns with `--keep`.

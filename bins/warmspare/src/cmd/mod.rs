@@ -3,6 +3,7 @@
 pub(crate) mod backup;
 pub(crate) mod check;
 pub(crate) mod demo;
+pub(crate) mod drill;
 pub(crate) mod failover;
 pub(crate) mod init;
 pub(crate) mod lease;
@@ -10,6 +11,7 @@ pub(crate) mod list;
 pub(crate) mod prune;
 pub(crate) mod reconcile;
 pub(crate) mod restore;
+pub(crate) mod scratch;
 pub(crate) mod status;
 pub(crate) mod sync;
 pub(crate) mod verify;
