@@ -1,13 +1,13 @@
 //! Artifact backups (inventories + blobs) and restores of older
 //! inventories after the source deleted and overwrote objects.
 
+use futures::StreamExt;
 use warmspare_replicate::object_store::ObjectStoreExt;
 use warmspare_replicate::{
     Error, RecoveryPoint, SyncEvent, backup_artifacts, list_inventories, read_inventory,
     resolve_inventory, restore_artifacts, write_point,
 };
 use warmspare_store::layout;
-use futures::StreamExt;
 use warmspare_testkit::{Fault, Op};
 
 use crate::common::*;

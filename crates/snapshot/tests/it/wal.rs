@@ -605,5 +605,12 @@ async fn a_failing_archive_command_fails_the_backup_instead_of_hanging() {
     assert!(matches!(err.root(), Error::ArchiveStuck { .. }), "{err}");
     assert!(err.to_string().contains("archive_command"), "{err}");
     assert!(started.elapsed() < Duration::from_secs(120));
-    assert!(backend.repo.incomplete_snapshots().await.unwrap().is_empty());
+    assert!(
+        backend
+            .repo
+            .incomplete_snapshots()
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
