@@ -7,7 +7,9 @@
 //! the lease (bounded timeouts, [`lease_store_config`]), **probes its
 //! compare-and-swap first** and only on success starts the driver, the
 //! probe runners and, for a logical-restore spare, the task that reports
-//! the age of the newest restored snapshot as replication lag.
+//! the age of the newest restored snapshot as replication lag. On shutdown
+//! a holder whose local service is healthy releases the lease
+//! ([`OnShutdown::ReleaseIfHealthy`]) before the driver stops.
 //!
 //! What the HTTP endpoints and the jobs see goes through [`Links`]: the
 //! driver's handle (or why there is none) and the measurements the jobs
@@ -19,7 +21,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use warmspare_failover::actions::{Hooks, PostgresActions, SiteActions};
-use warmspare_failover::driver::{BootClock, lease_store_config};
+use warmspare_failover::driver::{BootClock, OnShutdown, lease_store_config};
 use warmspare_failover::policy::{Event, PolicyConfig, Role, Target};
 use warmspare_failover::probe::{Probe, ProbeResult, ProbeRunner, default_probes};
 use warmspare_failover::{Driver, DriverConfig, DriverHandle, DriverState, FailoverConfig};
@@ -324,7 +326,16 @@ pub(crate) async fn run(
             plan.failover.interval,
         ));
     }
-    let result = driver.run(raised(&mut stop)).await;
+    // On shutdown a healthy holder steps down (fence, then a released
+    // lease with no successor) so that the peer takes over at its next read
+    // rather than after `ttl + margin`. An unhealthy holder leaves the lease
+    // to expire: its fence may not even complete (the database it must make
+    // read-only is what is failing), and its release would only hand over
+    // on the spare's guards, which may refuse it; expiry is the path the
+    // safety argument already covers (docs/failover-safety.md).
+    let result = driver
+        .run_with(raised(&mut stop), OnShutdown::ReleaseIfHealthy)
+        .await;
     if let Err(error) = result {
         tracing::error!(%error, "the failover driver stopped with an error");
     }

@@ -342,3 +342,108 @@ async fn shutdown_during_a_backup_leaves_the_repository_valid() {
         catalog::verify(&repository, &summary.id).await.unwrap();
     }
 }
+
+/// A healthy primary that is shut down steps down: it fences its database
+/// and releases the lease, and the spare takes over at its next read of
+/// the lease instead of after `ttl + margin`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_primary_releases_the_lease_on_shutdown() {
+    let (primary_db, spare_db) = tokio::join!(PostgresCluster::start(), PostgresCluster::start());
+    let (primary_db, spare_db) = (primary_db.unwrap(), spare_db.unwrap());
+    primary_db.create_database(DB).await.unwrap();
+    spare_db.create_database(DB).await.unwrap();
+    primary_db
+        .psql_in(
+            DB,
+            "CREATE TABLE packages (name text PRIMARY KEY); \
+             INSERT INTO packages VALUES ('core/glibc');",
+        )
+        .await
+        .unwrap();
+    let repo = tempfile::tempdir().unwrap();
+    let repo_url = url::Url::from_directory_path(repo.path()).unwrap();
+    let stores = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let store_urls = stores
+        .each_ref()
+        .map(|d| url::Url::from_directory_path(d.path()).unwrap().to_string());
+    let config = site_config(
+        repo_url.as_str(),
+        &primary_db.url_for(DB),
+        &spare_db.url_for(DB),
+        [&store_urls[0], &store_urls[1]],
+    );
+    let mut primary =
+        TestAgent::start(config.clone(), options().site("primary").standard_jobs()).await;
+    let spare = TestAgent::start(config, options().site("spare").standard_jobs()).await;
+    eventually(
+        "the primary to become active",
+        Duration::from_secs(30),
+        || async { active(&primary).await.then_some(()) },
+    )
+    .await;
+    // The spare restored a snapshot (its data-loss guard then allows a
+    // takeover) and is a healthy standby.
+    spare
+        .wait_job("restore", "a restore of the snapshot", |j| {
+            succeeded(j)
+                && j["last_summary"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("restored"))
+        })
+        .await;
+    eventually(
+        "the spare to be a healthy standby",
+        Duration::from_secs(30),
+        || async { (spare.get("/standby").await.status() == StatusCode::OK).then_some(()) },
+    )
+    .await;
+    let (_, status) = primary.get_json("/status").await;
+    let epoch = status["lease"]["epoch"].as_f64().unwrap();
+    primary_db
+        .psql_in(DB, "INSERT INTO packages VALUES ('core/zlib')")
+        .await
+        .unwrap();
+
+    // Watch the spare while the primary shuts down (its jobs may take a
+    // moment to cancel; the release does not wait for them).
+    let started = Instant::now();
+    let (stopped, took) = tokio::join!(
+        async {
+            primary.shut_down().await;
+            started.elapsed()
+        },
+        async {
+            eventually(
+                "the spare to become active",
+                Duration::from_secs(30),
+                || async { active(&spare).await.then_some(()) },
+            )
+            .await;
+            started.elapsed()
+        }
+    );
+    // An unreleased lease could not be taken before the last renewal
+    // (at most renew_interval = 1 s before the shutdown) plus
+    // ttl + margin = 3.5 s, less 1 % drift: about 2.4 s after the shutdown.
+    assert!(
+        took < Duration::from_millis(2_000),
+        "the spare became active {took:?} after the shutdown began (the agent stopped after {stopped:?})"
+    );
+    let (_, status) = spare.get_json("/status").await;
+    assert_eq!(status["lease"]["holder"], "spare", "{status}");
+    assert!(
+        status["lease"]["epoch"].as_f64().unwrap() > epoch,
+        "{status}"
+    );
+    // The old primary's database was fenced before the release: read-only.
+    let read_only = primary_db
+        .psql_in(DB, "SHOW default_transaction_read_only")
+        .await
+        .unwrap();
+    assert_eq!(read_only.trim(), "on");
+    let refused = primary_db
+        .psql_in(DB, "INSERT INTO packages VALUES ('core/zstd')")
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    eprintln!("spare active {took:?} after the primary's shutdown began ({stopped:?} to stop)");
+}

@@ -78,6 +78,25 @@ use crate::{Error, Result};
 /// [`Policy::next_wakeup`], against timers that stop during suspend).
 pub const MAX_TICK: Duration = Duration::from_millis(250);
 
+/// How long [`Driver::run_with`] waits for a release on shutdown, in
+/// request timeouts.
+pub const RELEASE_WAIT: u32 = 2;
+
+/// What [`Driver::run_with`] does with a held lease when shutdown comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnShutdown {
+    /// Nothing: the lease expires after `ttl + margin` at the peer (unless
+    /// a restarted agent reclaims it first).
+    #[default]
+    Leave,
+    /// Step down: fence, then release the lease so the peer may take it at
+    /// once.
+    Release,
+    /// [`OnShutdown::Release`] only when the local service is judged
+    /// healthy; otherwise [`OnShutdown::Leave`].
+    ReleaseIfHealthy,
+}
+
 /// What a driver needs to know besides its collaborators.
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
@@ -321,8 +340,27 @@ impl Driver {
 
     /// Runs until `shutdown` completes. On return the handle reports "not
     /// accepting"; the database is left as it is (the lease expires unless
-    /// a restarted agent reclaims it in time).
-    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+    /// a restarted agent reclaims it in time). Same as
+    /// [`Driver::run_with`] with [`OnShutdown::Leave`].
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        self.run_with(shutdown, OnShutdown::Leave).await
+    }
+
+    /// Runs until `shutdown` completes, then does what `on_shutdown` says.
+    ///
+    /// With [`OnShutdown::Release`] (or [`OnShutdown::ReleaseIfHealthy`]
+    /// and a local service judged healthy), a holder steps down
+    /// ([`Command::Release`]): it fences itself, then writes the lease back
+    /// released so that the peer may take it at once. The driver keeps
+    /// serving events until the release has landed, or gave up, and for at
+    /// most [`RELEASE_WAIT`] times the request timeout (the fence, then the
+    /// write and one retry on a newer version). A site that does not hold
+    /// the lease returns at once.
+    pub async fn run_with(
+        mut self,
+        shutdown: impl Future<Output = ()>,
+        on_shutdown: OnShutdown,
+    ) -> Result<()> {
         let (work_tx, work_rx) = mpsc::unbounded_channel::<Action>();
         let worker = tokio::spawn(worker(
             work_rx,
@@ -361,10 +399,64 @@ impl Driver {
             self.publish(now, true);
         }
         let now = self.clock.now();
+        let release = match on_shutdown {
+            OnShutdown::Leave => false,
+            OnShutdown::Release => true,
+            OnShutdown::ReleaseIfHealthy => self.policy.status(now).local == Health::Healthy,
+        };
+        if release && self.policy.epoch().is_some() {
+            self.step_down(&work_tx, &events_tx).await;
+        }
+        let now = self.clock.now();
         self.publish(now, false);
         drop(work_tx);
         worker.abort();
         Ok(())
+    }
+
+    /// Sends [`Command::Release`] and serves events until the release is
+    /// settled or the bounded wait is over.
+    async fn step_down(
+        &mut self,
+        work_tx: &mpsc::UnboundedSender<Action>,
+        events_tx: &mpsc::Sender<Input>,
+    ) {
+        let wait = self.policy.config().request_timeout * RELEASE_WAIT;
+        let deadline = tokio::time::Instant::now() + wait;
+        let now = self.clock.now();
+        let actions = self.policy.step(Event::Command(Command::Release), now);
+        self.dispatch(actions, work_tx, events_tx, None);
+        self.publish(now, true);
+        while self.policy.is_releasing() {
+            let now = self.clock.now();
+            let sleep = self
+                .policy
+                .next_wakeup(now)
+                .saturating_since(now)
+                .min(MAX_TICK);
+            let input = tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(?wait, "the lease release did not finish in time; it expires instead");
+                    break;
+                }
+                input = self.inputs.recv() => input,
+                () = tokio::time::sleep(sleep) => None,
+            };
+            let now = self.clock.now();
+            let (event, reply) = match input {
+                None => (Event::Tick, None),
+                Some(Input::Event(e)) => (e, None),
+                // No new commands while stepping down: the site is leaving.
+                Some(Input::Command(_, tx)) => {
+                    let _ = tx.send(CommandReply::Refused("the driver is shutting down".into()));
+                    continue;
+                }
+            };
+            let actions = self.policy.step(event, now);
+            self.dispatch(actions, work_tx, events_tx, reply);
+            self.publish(now, true);
+        }
     }
 
     fn publish(&self, now: Millis, running: bool) {

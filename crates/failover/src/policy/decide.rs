@@ -149,6 +149,14 @@ impl Policy {
         if !expired && !rec.open_to(&site) {
             return;
         }
+        // This site stepped down from this very lease: only an operator's
+        // failover takes it back; a newer epoch ends the restraint.
+        if rec.holder == site
+            && self.stepped_down == Some(rec.epoch)
+            && self.operator_failover.is_none()
+        {
+            return;
+        }
         let epoch = rec.epoch.max(self.max_epoch_seen) + 1;
         let v = Some(version);
         let holder = rec.holder.clone();

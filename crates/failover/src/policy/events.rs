@@ -63,6 +63,15 @@ pub enum Command {
         /// The site that is to take over.
         to: String,
     },
+    /// Step down (the agent's clean shutdown): a holder fences itself, then
+    /// writes the lease back released with no successor, so that the peer
+    /// may take it at once instead of waiting for expiry, under its own
+    /// guards (mode, pause, health, cooldown, data loss), as after a
+    /// watchdog release. This site then stays a fenced standby and does
+    /// not take that released lease back by itself (an operator's
+    /// `failover` still can). A site that does not hold the lease does
+    /// nothing. Given to the current holder.
+    Release,
     /// Maintenance: no automatic takeover, restart or release. Lease
     /// renewal and self-fencing go on: safety is never paused.
     Pause,
@@ -99,6 +108,8 @@ pub enum FenceReason {
     LocalFailure,
     /// Planned switchover to the peer.
     Switchover,
+    /// The holder stepped down ([`Command::Release`]).
+    StepDown,
 }
 
 /// Why a site promotes itself.

@@ -53,6 +53,9 @@ pub struct Policy {
     /// The epoch and successor of a release this site sent but has not
     /// seen land.
     pub(super) releasing: Option<(u64, Option<String>)>,
+    /// The epoch this site stepped down from ([`Command::Release`]): it
+    /// does not take that epoch's released lease back on its own.
+    pub(super) stepped_down: Option<u64>,
     /// The lease as last observed, when this site does not hold it.
     pub(super) watch: Option<Watch>,
     pub(super) lease_absent: bool,
@@ -91,6 +94,7 @@ impl Policy {
             paused: false,
             grant: None,
             releasing: None,
+            stepped_down: None,
             watch: None,
             lease_absent: false,
             max_epoch_seen: 0,
@@ -188,6 +192,12 @@ impl Policy {
         } else {
             Role::Standby
         }
+    }
+
+    /// Whether a release this site sent has not been seen to land yet (it
+    /// is retried on the newer version when a renewal overtook it).
+    pub fn is_releasing(&self) -> bool {
+        self.releasing.is_some()
     }
 
     /// Whether the site is fenced.
@@ -348,6 +358,27 @@ impl Policy {
                         ),
                     );
                 }
+            }
+            Command::Release => {
+                let Some(g) = &self.grant else {
+                    alert(
+                        out,
+                        Severity::Info,
+                        AlertKind::CommandAccepted,
+                        format!("release: {site} does not hold the lease, nothing to do"),
+                    );
+                    return;
+                };
+                let epoch = g.record.epoch;
+                alert(
+                    out,
+                    Severity::Warning,
+                    AlertKind::CommandAccepted,
+                    format!("{site} steps down: fencing and releasing the lease (epoch {epoch})"),
+                );
+                self.stepped_down = Some(epoch);
+                self.operator_failover = None;
+                self.release(FenceReason::StepDown, None, now, out);
             }
             Command::Switchover { to } => {
                 if to != self.id.peer {

@@ -160,3 +160,90 @@ async fn commands_are_answered_and_a_stopped_driver_refuses_them() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_run_with_release_steps_down_on_shutdown() {
+    use warmspare_failover::driver::{BootClock, OnShutdown};
+    use warmspare_failover::policy::FenceReason;
+    use warmspare_failover::{Driver, DriverConfig};
+
+    let cas = memory_cas();
+    let policy = fast_policy(Duration::from_secs(3));
+    let (pa, sa) = (Recorder::default(), Recorder::default());
+    let driver = Driver::new(
+        DriverConfig::new(policy.clone(), "primary", "spare", true),
+        Arc::clone(&cas),
+        Arc::new(pa.clone()),
+        Arc::new(BootClock::new()),
+    )
+    .unwrap();
+    let primary = driver.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(driver.run_with(
+        async move {
+            let _ = stopped.await;
+        },
+        OnShutdown::Release,
+    ));
+    let spare = start_driver(
+        policy,
+        "spare",
+        "primary",
+        false,
+        Arc::clone(&cas),
+        Arc::new(sa.clone()),
+    );
+    let (overlaps, monitor) = overlap_monitor(primary.clone(), spare.handle.clone());
+    let feeders = [feed(primary.clone()), feed(spare.handle.clone())];
+    assert!(
+        wait_for(Duration::from_secs(5), async || primary
+            .may_accept_traffic())
+        .await
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), async || spare
+            .handle
+            .state()
+            .lease
+            .is_some_and(|l| l.holder == "primary"))
+        .await
+    );
+
+    let started = std::time::Instant::now();
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    let stopped_after = started.elapsed();
+    // The release landed before `run_with` returned.
+    let (_, record, _) =
+        warmspare_failover::driver::read_lease(cas.as_ref(), &warmspare_store::layout::lease())
+            .await
+            .unwrap()
+            .unwrap();
+    assert!(record.epoch == 2 || record.released, "{record:?}");
+    assert!(
+        wait_for(Duration::from_secs(10), async || spare
+            .handle
+            .may_accept_traffic())
+        .await
+    );
+    let took = started.elapsed();
+    // An unreleased lease could not be taken before ttl + margin (3.5 s)
+    // after the last renewal, at most renew_interval (1 s) before the stop.
+    assert!(
+        took < Duration::from_millis(1_800),
+        "{took:?} (stopped after {stopped_after:?})"
+    );
+    assert_eq!(spare.handle.current_epoch(), Some(2));
+    let seen = pa.seen();
+    let unfenced = seen.iter().position(|s| *s == Seen::Unfence(1)).unwrap();
+    let fenced = seen
+        .iter()
+        .position(|s| *s == Seen::Fence(FenceReason::StepDown))
+        .unwrap();
+    assert!(unfenced < fenced, "{seen:?}");
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    monitor.abort();
+    for f in feeders {
+        f.abort();
+    }
+}

@@ -368,3 +368,82 @@ fn a_backend_ignoring_conditions_breaks_safety() {
         );
     }
 }
+
+#[test]
+fn release_hands_over_at_once_and_the_holder_stays_standby() {
+    let mut w = settled(PolicyConfig::default());
+    w.command_at(10_000, PRIMARY, Command::Release);
+    // No successor: the spare takes it at its next read (read_interval 1 s),
+    // far sooner than ttl + margin (7 s) after an unreleased lease.
+    assert!(
+        w.run_until_cond(12_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(last_promotion(&w), (SPARE, 2, PromoteTrigger::Automatic));
+    assert!(end_of_primary(&w) <= w.first_start(SPARE, 0).unwrap());
+    assert!(w.alerted(PRIMARY, AlertKind::CommandAccepted));
+    // The old holder stays a fenced standby: it never took its released
+    // lease back, and it does not fail over while the spare is healthy.
+    w.run_until(60_000);
+    assert!(w.accepting(SPARE) && !w.accepting(PRIMARY));
+    assert_eq!(w.intervals.iter().filter(|i| i.site == PRIMARY).count(), 1);
+    let lease = w.lease().unwrap();
+    assert_eq!(
+        (lease.holder.as_str(), lease.epoch, lease.released),
+        ("spare", 2, false)
+    );
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+#[test]
+fn release_by_a_site_without_the_lease_does_nothing() {
+    let mut w = settled(PolicyConfig::default());
+    w.command_at(10_000, SPARE, Command::Release);
+    w.run_until(30_000);
+    assert!(w.accepting(PRIMARY) && !w.accepting(SPARE));
+    assert!(w.alerted(SPARE, AlertKind::CommandAccepted));
+    assert_eq!(w.promotions.len(), 1);
+    assert_eq!(w.lease().map(|r| (r.epoch, r.released)), Some((1, false)));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+#[test]
+fn a_released_lease_is_taken_only_within_the_spare_guards() {
+    let mut w = settled(PolicyConfig::default());
+    w.command_at(9_000, SPARE, Command::Pause);
+    w.command_at(10_000, PRIMARY, Command::Release);
+    w.run_until(30_000);
+    // Paused: the spare does not take the released lease, and the old
+    // holder does not take it back: nobody accepts (no split, no flapping).
+    assert!(!w.accepting(SPARE) && !w.accepting(PRIMARY));
+    assert!(w.alerted(SPARE, AlertKind::FailoverBlocked));
+    assert_eq!(w.lease().map(|r| (r.epoch, r.released)), Some((1, true)));
+    w.command_at(30_000, SPARE, Command::Resume);
+    assert!(
+        w.run_until_cond(32_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(last_promotion(&w), (SPARE, 2, PromoteTrigger::Automatic));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+#[test]
+fn an_operator_failover_takes_back_a_stepped_down_lease() {
+    let mut w = settled(PolicyConfig::default());
+    w.command_at(9_000, SPARE, Command::Pause);
+    w.command_at(10_000, PRIMARY, Command::Release);
+    w.command_at(15_000, PRIMARY, Command::Failover { force: true });
+    assert!(
+        w.run_until_cond(17_000, |w| w.accepting(PRIMARY)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(
+        last_promotion(&w),
+        (PRIMARY, 2, PromoteTrigger::Operator { force: true })
+    );
+    assert!(!w.accepting(SPARE));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}

@@ -64,7 +64,7 @@ struct Run {
     exact_wakeups: bool,
     read_interval_ms: u64,
     /// The primary never crashes or sickens, keeps a good link to the
-    /// repository (stalls of at most 2 s) and is never switched over: it
+    /// repository (stalls of at most 2 s) and is never switched over or stepped down: it
     /// must never be failed over.
     healthy_primary: bool,
     faults: Vec<Fault>,
@@ -80,7 +80,7 @@ fn fault() -> impl Strategy<Value = Fault> {
         2 => (0usize..2, start.clone(), 0u64..30_000, any::<bool>())
             .prop_map(|(site, start, dur, cured)| Fault::Sick { site, start, dur, cured }),
         1 => (start.clone(), 0u64..4_000).prop_map(|(start, dur)| Fault::Stall { start, dur }),
-        2 => (0usize..2, start, 0u8..4, any::<bool>())
+        2 => (0usize..2, start, 0u8..5, any::<bool>())
             .prop_map(|(site, start, kind, force)| Fault::Command { site, start, kind, force }),
     ]
 }
@@ -178,7 +178,7 @@ impl Run {
         self.faults.retain_mut(|f| match f {
             Fault::Partition { link, .. } => *link != PRIMARY,
             Fault::Crash { site, .. } | Fault::Sick { site, .. } => *site != PRIMARY,
-            Fault::Command { site, kind, .. } => !(*site == PRIMARY && *kind == 1),
+            Fault::Command { site, kind, .. } => !(*site == PRIMARY && matches!(*kind, 1 | 4)),
             Fault::Stall { start, dur } => {
                 *dur = (*dur).min(2_000);
                 let keep = last_stall.is_none_or(|l| *start >= l + 10_000);
@@ -247,7 +247,8 @@ impl Run {
                             to: ["spare", "primary"][site].into(),
                         },
                         2 => Command::Pause,
-                        _ => Command::Resume,
+                        3 => Command::Resume,
+                        _ => Command::Release,
                     };
                     w.command_at(start, site, command);
                 }
