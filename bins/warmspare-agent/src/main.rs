@@ -72,6 +72,9 @@ fn run() -> anyhow::Result<ExitCode> {
     if let Some(site) = cli.site {
         options = options.site(site);
     }
+    if let Some(path) = &config.repository.encryption_key_file {
+        options = options.encryption_key(setup::read_encryption_key(path)?);
+    }
     let token_file = config.agent.token_file.clone();
     if let Some(path) = &token_file {
         options = options.token(setup::read_token(path)?);

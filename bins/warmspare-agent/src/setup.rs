@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
-use warmspare_agent::Secret;
+use warmspare_agent::{EncryptionKey, Secret};
 
 use crate::{LogFormat, UsageError};
 
@@ -30,6 +30,20 @@ pub(crate) fn read_token(path: &Path) -> anyhow::Result<Secret> {
         }
     }
     Ok(Secret::new(token))
+}
+
+/// Reads `[repository] encryption_key_file`: 32 bytes as 64 hex digits or
+/// base64. The key never appears in a message.
+pub(crate) fn read_encryption_key(path: &Path) -> anyhow::Result<EncryptionKey> {
+    let shown = path.display();
+    let mut text = std::fs::read(path).map_err(|e| {
+        UsageError(format!(
+            "cannot read [repository] encryption_key_file {shown}: {e}"
+        ))
+    })?;
+    let key = EncryptionKey::from_text(&text);
+    text.fill(0);
+    key.map_err(|e| UsageError(format!("[repository] encryption_key_file {shown}: {e}")).into())
 }
 
 pub(crate) fn install_logging(format: LogFormat, level: Option<&str>) -> anyhow::Result<()> {

@@ -52,6 +52,7 @@ pub struct AgentOptions {
     failover: bool,
     initial_holder: Option<String>,
     standard_jobs: bool,
+    encryption_key: Option<warmspare_store::EncryptionKey>,
 }
 
 impl Default for AgentOptions {
@@ -68,6 +69,7 @@ impl Default for AgentOptions {
             failover: true,
             initial_holder: None,
             standard_jobs: false,
+            encryption_key: None,
         }
     }
 }
@@ -88,6 +90,7 @@ impl fmt::Debug for AgentOptions {
             .field("failover", &self.failover)
             .field("initial_holder", &self.initial_holder)
             .field("standard_jobs", &self.standard_jobs)
+            .field("encryption_key", &self.encryption_key)
             .finish_non_exhaustive()
     }
 }
@@ -173,6 +176,15 @@ impl AgentOptions {
     /// name the embedder did not register itself.
     pub fn standard_jobs(mut self) -> Self {
         self.standard_jobs = true;
+        self
+    }
+
+    /// The repository's encryption key, read by the caller from
+    /// `[repository] encryption_key_file` (this crate reads no files). The
+    /// built-in jobs need it when the file is configured; without it they
+    /// refuse to write or read encrypted data, loudly.
+    pub fn encryption_key(mut self, key: warmspare_store::EncryptionKey) -> Self {
+        self.encryption_key = Some(key);
         self
     }
 }
@@ -262,7 +274,13 @@ impl Agent {
         let mut all_jobs = options.jobs.clone();
         if options.standard_jobs {
             let taken: Vec<String> = all_jobs.iter().map(|j| j.name().to_owned()).collect();
-            for job in crate::jobs::standard(&config, &site, &links, &options.clock) {
+            for job in crate::jobs::standard(
+                &config,
+                &site,
+                &links,
+                &options.clock,
+                options.encryption_key.clone(),
+            ) {
                 if !taken.iter().any(|t| t == job.name()) {
                     all_jobs.push(job);
                 }

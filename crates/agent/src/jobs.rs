@@ -36,9 +36,15 @@ pub(crate) fn standard(
     site: &str,
     links: &Arc<Links>,
     clock: &Arc<dyn Clock>,
+    encryption_key: Option<warmspare_store::EncryptionKey>,
 ) -> Vec<Arc<dyn Job>> {
+    let mut repository = config.repository.store_config();
+    if let Some(key) = encryption_key {
+        repository = repository.with_encryption_key(key);
+    }
     let env = Arc::new(Env {
         config: config.clone(),
+        repository,
         site: site.to_owned(),
         links: Arc::clone(links),
         clock: Arc::clone(clock),
@@ -83,6 +89,8 @@ impl Kind {
 
 struct Env {
     config: Config,
+    /// The repository's store settings, with the encryption key if given.
+    repository: warmspare_store::StoreConfig,
     site: String,
     links: Arc<Links>,
     clock: Arc<dyn Clock>,
@@ -155,8 +163,7 @@ impl Env {
     }
 
     async fn repository(&self, init: bool) -> Result<Repository, JobError> {
-        let store =
-            Store::open(&self.config.repository.store_config()).map_err(JobError::failed)?;
+        let store = Store::open(&self.repository).map_err(JobError::failed)?;
         let repo = if init {
             Repository::init(store, self.clock.now()).await
         } else {

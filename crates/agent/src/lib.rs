@@ -163,6 +163,8 @@ pub use agent::{Agent, AgentOptions, BoundAgent, DEFAULT_CANCEL_GRACE, DEFAULT_J
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, Secret};
 pub use job::{FnJob, JOB_NAMES, Job, JobContext, JobError, JobOutcome};
+/// The repository encryption key type, for [`AgentOptions::encryption_key`].
+pub use warmspare_store::EncryptionKey;
 
 /// Errors of the agent crate.
 #[derive(Debug, thiserror::Error)]

@@ -161,3 +161,43 @@ fn sigterm_stops_the_agent_cleanly_and_the_token_is_never_logged() {
         assert!(record["level"].is_string(), "{line}");
     }
 }
+
+/// The agent reads `[repository] encryption_key_file` itself (its jobs need
+/// the key): a missing or malformed file is a configuration error, exit 2,
+/// and the key's text never appears in the output.
+#[test]
+fn the_encryption_key_file_is_read_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("repo.key");
+    let config = dir.path().join("warmspare.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "site = \"spare\"\n\
+             [repository]\nurl = \"file:///nonexistent/repo\"\nencryption_key_file = \"{}\"\n\
+             [sites.spare]\ndatabase = \"postgres://builder@127.0.0.1:1/builder\"\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    let path = config.to_str().unwrap();
+
+    let out = agent(&["--config", path, "--check-config"]);
+    assert_eq!(out.status.code(), Some(2), "missing key file: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("encryption_key_file"));
+
+    let bad = "not-a-key-but-a-secret-looking-string";
+    std::fs::write(&key, bad).unwrap();
+    let out = agent(&["--config", path, "--check-config"]);
+    assert_eq!(out.status.code(), Some(2), "malformed key: {out:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(bad), "the key's text leaked: {all}");
+
+    std::fs::write(&key, format!("{}\n", "3f".repeat(16) + &"a7".repeat(16))).unwrap();
+    let out = agent(&["--config", path, "--check-config"]);
+    assert!(out.status.success(), "valid key: {out:?}");
+}
