@@ -1,5 +1,6 @@
 //! Two agents (primary and spare) in one process against real PostgreSQL
-//! clusters and a `file://` repository, with the built-in jobs and the
+//! clusters and the test kit's S3 server as the repository (a `file://`
+//! repository when no S3 server can be started), with the built-in jobs and the
 //! failover driver: exactly one site is active, backups and restores run on
 //! schedule, and killing the primary moves `/active` to the spare.
 
@@ -15,12 +16,34 @@ use crate::{TOKEN, TestAgent, count, job_in, options, sample};
 
 const DB: &str = "app";
 
+/// The `[repository]` table: a fresh bucket on the test kit's S3 server,
+/// or the directory `dir` when no S3 server can be started.
+async fn repository_table(dir: &std::path::Path) -> String {
+    match warmspare_testkit::S3Server::try_shared().await.unwrap() {
+        Some(s3) => {
+            let bucket = s3.unique_bucket("agent-sites").await.unwrap();
+            format!(
+                "url = \"s3://{bucket}/repo\"\nendpoint = \"{}\"\nregion = \"{}\"\n\
+                 allow_http = true\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+                s3.endpoint(),
+                s3.region(),
+                s3.access_key_id(),
+                s3.secret_access_key()
+            )
+        }
+        None => format!(
+            "url = \"{}\"\n",
+            url::Url::from_directory_path(dir).unwrap()
+        ),
+    }
+}
+
 fn site_config(repo: &str, primary: &str, spare: &str, artifacts: [&str; 2]) -> Config {
     let [primary_artifacts, spare_artifacts] = artifacts;
     let text = format!(
         r#"
 [repository]
-url = "{repo}"
+{repo}
 [sites.primary]
 database = "{primary}"
 artifacts = "{primary_artifacts}"
@@ -83,7 +106,7 @@ async fn one_active_site_scheduled_jobs_and_failover_to_the_spare() {
         .await
         .unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let repo_url = url::Url::from_directory_path(repo.path()).unwrap();
+    let repo_table = repository_table(repo.path()).await;
     // Each site's artifact store: two .hart files at the primary.
     let stores = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     for name in ["core-glibc-2.39.hart", "core-openssl-3.0.hart"] {
@@ -93,7 +116,7 @@ async fn one_active_site_scheduled_jobs_and_failover_to_the_spare() {
         .each_ref()
         .map(|d| url::Url::from_directory_path(d.path()).unwrap().to_string());
     let config = site_config(
-        repo_url.as_str(),
+        &repo_table,
         &primary_db.url_for(DB),
         &spare_db.url_for(DB),
         [&store_urls[0], &store_urls[1]],
@@ -361,13 +384,13 @@ async fn a_healthy_primary_releases_the_lease_on_shutdown() {
         .await
         .unwrap();
     let repo = tempfile::tempdir().unwrap();
-    let repo_url = url::Url::from_directory_path(repo.path()).unwrap();
+    let repo_table = repository_table(repo.path()).await;
     let stores = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
     let store_urls = stores
         .each_ref()
         .map(|d| url::Url::from_directory_path(d.path()).unwrap().to_string());
     let config = site_config(
-        repo_url.as_str(),
+        &repo_table,
         &primary_db.url_for(DB),
         &spare_db.url_for(DB),
         [&store_urls[0], &store_urls[1]],
