@@ -79,16 +79,7 @@ impl Row {
     }
 }
 
-/// `text` with every non-empty secret replaced by `***`.
-pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut text = text.to_owned();
-    for secret in secrets.iter().filter(|s| !s.is_empty()) {
-        if text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), "***");
-        }
-    }
-    text
-}
+pub(crate) use warmspare_store::redact::scrub;
 
 /// Writes rows as an aligned table with a header line; the last column is
 /// not padded.

@@ -450,25 +450,7 @@ impl Location {
     }
 }
 
-/// Replaces the userinfo of a URL-looking string (`scheme://user:pw@host`)
-/// with `***`. Works on strings that do not parse as URLs too.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let authority_start = scheme_end + 3;
-    let rest = &url[authority_start..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => format!(
-            "{}***{}",
-            &url[..authority_start],
-            &url[authority_start + at..]
-        ),
-        None => url.to_string(),
-    }
-}
+pub(crate) use crate::redact::redact_authority as redact_url;
 
 #[cfg(test)]
 mod tests {

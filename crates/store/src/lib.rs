@@ -92,6 +92,7 @@ mod error;
 mod id;
 pub mod layout;
 mod manifest;
+pub mod redact;
 mod repo;
 mod serde_util;
 mod store;

@@ -43,7 +43,7 @@ pub fn redact_url(url: &str) -> String {
             }
             parsed.to_string()
         }
-        Err(_) => redact_authority(url),
+        Err(_) => warmspare_store::redact::redact_authority(url),
     }
 }
 
@@ -52,19 +52,6 @@ fn is_secret_param(key: &str) -> bool {
         key.to_ascii_lowercase().as_str(),
         "password" | "pass" | "secret" | "token" | "sslpassword"
     )
-}
-
-fn redact_authority(text: &str) -> String {
-    let Some(scheme_end) = text.find("://") else {
-        return text.to_owned();
-    };
-    let start = scheme_end + 3;
-    let rest = &text[start..];
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{}***{}", &text[..start], &rest[at..]),
-        None => text.to_owned(),
-    }
 }
 
 /// A PostgreSQL connection URL (`postgres://` or `postgresql://`).

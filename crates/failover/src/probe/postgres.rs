@@ -298,92 +298,17 @@ fn classify(error: &sqlx::Error, target: String, scrub: &dyn Fn(String) -> Strin
     }
 }
 
-/// The error and its sources on one line.
-fn cause(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
-}
-
-/// The password in a URL, both as written (percent-encoded) and decoded.
-fn password_in(url: &str) -> Vec<String> {
-    let Ok(parsed) = url::Url::parse(url) else {
-        return Vec::new();
-    };
-    let Some(raw) = parsed.password().filter(|p| !p.is_empty()) else {
-        return Vec::new();
-    };
-    let decoded = percent_decode(raw);
-    if decoded == raw {
-        vec![decoded]
-    } else {
-        vec![raw.to_owned(), decoded]
-    }
-}
-
-fn percent_decode(text: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push(hi << 4 | lo);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use warmspare_store::redact::{error_chain as cause, url_passwords as password_in};
 
 /// Replaces every occurrence of the secrets in `text` with `***`.
-fn scrub(mut text: String, secrets: &[String]) -> String {
-    for secret in secrets {
-        if text.contains(secret.as_str()) {
-            text = text.replace(secret.as_str(), "***");
-        }
-    }
-    text
+fn scrub(text: String, secrets: &[String]) -> String {
+    warmspare_store::redact::scrub(&text, secrets)
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn password_is_found_and_scrubbed_in_both_spellings() {
-        let secrets = password_in("postgres://u:p%40ss%2Fword@localhost/db");
-        assert_eq!(secrets, ["p%40ss%2Fword", "p@ss/word"]);
-        let text = scrub("bad p@ss/word and p%40ss%2Fword".into(), &secrets);
-        assert_eq!(text, "bad *** and ***");
-        assert!(password_in("postgres://u@localhost/db").is_empty());
-        assert!(password_in("not a url").is_empty());
-    }
-
-    #[test]
-    fn percent_decode_keeps_malformed_escapes() {
-        assert_eq!(percent_decode("a%2"), "a%2");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
-        assert_eq!(percent_decode("%"), "%");
-    }
 
     #[test]
     fn target_description_has_no_password() {
