@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use warmspare_failover::actions::{Hooks, PostgresActions, SiteActions};
 use warmspare_failover::driver::{BootClock, OnShutdown, lease_store_config};
 use warmspare_failover::policy::{Event, PolicyConfig, Role, Target};
-use warmspare_failover::probe::{Probe, ProbeResult, ProbeRunner, default_probes};
+use warmspare_failover::probe::{Probe, ProbeResult, ProbeRunner, site_probes};
 use warmspare_failover::{Driver, DriverConfig, DriverHandle, DriverState, FailoverConfig};
 use warmspare_store::object_store::path::Path as ObjectPath;
 use warmspare_store::{Store, StoreConfig, probe_cas};
@@ -210,16 +210,20 @@ impl Plan {
     }
 }
 
-/// The site's `health` targets, or its database and agent.
+/// The site's database, plus its `health` targets or else its agent
+/// ([`site_probes`]).
 fn probes_of(site: &SiteConfig) -> Result<Vec<Probe>, String> {
-    if site.health.is_empty() {
-        let agent = site.agent.as_ref().map(|a| a.as_str().to_owned());
-        return Ok(default_probes(site.database.expose(), agent.as_deref()));
-    }
-    site.health
+    let health = site
+        .health
         .iter()
         .map(|t| Probe::from_target(t.expose().as_str()).map_err(|e| e.to_string()))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let agent = site.agent.as_ref().map(|a| a.as_str().to_owned());
+    Ok(site_probes(
+        site.database.expose(),
+        agent.as_deref(),
+        health,
+    ))
 }
 
 /// Probes the repository's compare-and-swap, then runs the driver, its
@@ -424,11 +428,19 @@ mod tests {
         let plan = Plan::from_config(&c, "primary", None).unwrap();
         assert_eq!(plan.local_probes.len(), 1);
         assert!(plan.local_probes[0].name().contains("primary.example"));
+        // The database stays probed next to the listed targets: it is what
+        // measures a standby's replay lag for `max_data_loss`.
         assert_eq!(
             plan.peer_probes,
-            [Probe::Tcp {
-                addr: "10.0.0.9:8080".into()
-            }]
+            [
+                Probe::Postgres {
+                    url: "postgres://u@spare.example/d".into(),
+                    write_check: false
+                },
+                Probe::Tcp {
+                    addr: "10.0.0.9:8080".into()
+                }
+            ]
         );
         // Lease requests are bounded by the policy's request timeout.
         assert_eq!(plan.lease_store.timeout, Some(plan.policy.request_timeout));

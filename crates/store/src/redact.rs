@@ -26,6 +26,56 @@ pub fn redact_authority(text: &str) -> String {
     }
 }
 
+/// A URL with its password and any secret query parameter (`password=`,
+/// `sslpassword=`, `token=`, ...) replaced by `***`; the user name stays,
+/// because it helps operators. Text that does not parse as a URL has its
+/// whole userinfo replaced instead ([`redact_authority`]).
+///
+/// ```
+/// use warmspare_store::redact::redact_url;
+/// assert_eq!(
+///     redact_url("postgres://builder:hunter2@10.0.1.20:5432/builder"),
+///     "postgres://builder:***@10.0.1.20:5432/builder"
+/// );
+/// assert_eq!(
+///     redact_url("postgres://u@db/x?password=hunter2&sslmode=require"),
+///     "postgres://u@db/x?password=***&sslmode=require"
+/// );
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return redact_authority(url);
+    };
+    if parsed.password().is_some() {
+        // Only fails for URLs that cannot have credentials.
+        let _ = parsed.set_password(Some("***"));
+    }
+    if parsed.query_pairs().any(|(k, _)| is_secret_param(&k)) {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_secret_param(&k) {
+                    "***".into()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    // `set_password` percent-encodes the stars; show them as written.
+    parsed.to_string().replacen("%2A%2A%2A@", "***@", 1)
+}
+
+/// Whether a URL query parameter named `key` carries a secret.
+pub fn is_secret_param(key: &str) -> bool {
+    matches!(
+        key.to_ascii_lowercase().as_str(),
+        "password" | "pass" | "secret" | "token" | "sslpassword"
+    )
+}
+
 /// The password of a URL, both as written (percent-encoded) and decoded, so
 /// that [`scrub`] catches either spelling in a driver's message. Empty for
 /// a URL without a password or a string that is not a URL.

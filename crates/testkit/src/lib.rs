@@ -10,6 +10,8 @@
 //!   errors, latency, truncated and corrupted reads per operation and path
 //!   prefix, and counts calls.
 //! * [`ManualClock`]: monotonic time that moves only when the test says so.
+//! * [`TcpProxy`]: a loopback TCP proxy the test can cut (blackhole or
+//!   reset) and restore, to partition one client from a server.
 //!
 //! ```no_run
 //! use warmspare_testkit::{PostgresCluster, S3Server};
@@ -61,6 +63,7 @@ mod clock;
 mod error;
 mod fault;
 mod postgres;
+mod proxy;
 mod s3;
 mod sys;
 
@@ -70,6 +73,7 @@ pub use fault::{ErrorKind, Fault, FaultId, FaultStore, InjectedFault, Op};
 pub use postgres::{
     PG_BIN_ENV, PostgresCluster, PostgresClusterBuilder, postgres_bin_dir, postgres_scratch_dir,
 };
+pub use proxy::{Cut, TcpProxy};
 pub use s3::{
     GARAGE_ENV, MOTO_ENV, REQUIRE_S3_ENV, S3_ENDPOINT_ENV, S3Kind, S3Server, TEST_S3_ENV,
 };

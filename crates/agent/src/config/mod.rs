@@ -239,7 +239,8 @@ pub struct SiteConfig {
     /// S3 session token of the artifact store.
     #[serde(default)]
     pub artifacts_session_token: Option<Secret>,
-    /// Health-check URLs of the service at this site.
+    /// Health-check targets of the service at this site, probed in
+    /// addition to its `database` (see `docs/configuration.md`).
     #[serde(default)]
     pub health: Vec<HealthTarget>,
     /// Where this site's agent listens.
@@ -554,6 +555,7 @@ impl Config {
         );
         for site in self.sites.values() {
             out.extend(site.database.password_forms());
+            out.extend(site.health.iter().flat_map(HealthTarget::password_forms));
             out.extend(
                 site.artifacts_secret_access_key
                     .iter()

@@ -220,6 +220,14 @@ fn bad_urls_name_the_key_and_line_without_passwords() {
     ));
     assert_eq!(e.key.as_deref(), Some("sites.a.health"), "{e}");
     assert_eq!(e.line, Some(6), "{e}");
+
+    let e = config_error(&format!(
+        "{MINIMAL}\n[sites.a]\ndatabase = \"postgres://h/db\"\nhealth = [\"postgres:///db?password=hunter2\"]\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("sites.a.health"), "{e}");
+    assert!(e.message.contains("no host"), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert!(!format!("{e:?}").contains("hunter2"), "{e:?}");
 }
 
 #[test]
@@ -311,13 +319,31 @@ fn secrets_never_appear_in_debug_or_serialization() {
     let mut c = load(
         "[repository]\nurl = \"s3://b\"\naccess_key_id = \"AKID\"\nsecret_access_key = \"hunter2\"\n\
          [sites.a]\ndatabase = \"postgres://u:pg-hunter3@h/db\"\nartifacts = \"s3://art\"\n\
-         artifacts_access_key_id = \"A2\"\nartifacts_secret_access_key = \"hunter4\"\n",
+         artifacts_access_key_id = \"A2\"\nartifacts_secret_access_key = \"hunter4\"\n\
+         health = [\"postgres://probe:hunter6@h:6432/db\", \"postgres://probe@h/db?password=hunter7\"]\n",
     );
     c.apply_env([("WARMSPARE_REPOSITORY_SESSION_TOKEN", "tok-hunter5")]);
     let shown = format!("{c:?}\n{}", toml::to_string(&c).unwrap());
-    for secret in ["hunter2", "pg-hunter3", "hunter4", "tok-hunter5"] {
+    let all = [
+        "hunter2",
+        "pg-hunter3",
+        "hunter4",
+        "tok-hunter5",
+        "hunter6",
+        "hunter7",
+    ];
+    for secret in all {
         assert!(!shown.contains(secret), "{secret} in {shown}");
     }
+    // Every one of them is known for scrubbing.
+    let secrets = c.secrets();
+    for secret in all {
+        assert!(
+            secrets.iter().any(|s| s == secret),
+            "{secret} not in secrets"
+        );
+    }
+    assert!(c.sites["a"].health[0].expose().as_str().contains("hunter6"));
     let store = c.repository.store_config();
     assert_eq!(
         store.secret_access_key.as_ref().map(Secret::expose),

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use url::Url;
 use warmspare_store::Location;
+use warmspare_store::redact::is_secret_param;
 
 /// Returns `url` with its password (and any `password=` query parameter)
 /// replaced by `***`; the user name stays, because it helps operators.
@@ -21,37 +22,7 @@ use warmspare_store::Location;
 /// );
 /// ```
 pub fn redact_url(url: &str) -> String {
-    match Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Only fails for URLs that cannot have credentials.
-                let _ = parsed.set_password(Some("***"));
-            }
-            if parsed.query_pairs().any(|(k, _)| is_secret_param(&k)) {
-                let pairs: Vec<(String, String)> = parsed
-                    .query_pairs()
-                    .map(|(k, v)| {
-                        let v = if is_secret_param(&k) {
-                            "***".into()
-                        } else {
-                            v.into_owned()
-                        };
-                        (k.into_owned(), v)
-                    })
-                    .collect();
-                parsed.query_pairs_mut().clear().extend_pairs(pairs);
-            }
-            parsed.to_string()
-        }
-        Err(_) => warmspare_store::redact::redact_authority(url),
-    }
-}
-
-fn is_secret_param(key: &str) -> bool {
-    matches!(
-        key.to_ascii_lowercase().as_str(),
-        "password" | "pass" | "secret" | "token" | "sslpassword"
-    )
+    warmspare_store::redact::redact_url(url)
 }
 
 /// A PostgreSQL connection URL (`postgres://` or `postgresql://`).
@@ -81,20 +52,7 @@ impl DatabaseUrl {
     /// The password as written in the URL and percent-decoded, plus any
     /// `password=` query parameter: what must never be shown.
     pub(crate) fn password_forms(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if let Some(raw) = self.0.password() {
-            out.push(raw.to_owned());
-            if let Ok(decoded) = percent_decode(raw) {
-                out.push(decoded);
-            }
-        }
-        for (key, value) in self.0.query_pairs() {
-            if is_secret_param(&key) {
-                out.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
-                out.push(value.into_owned());
-            }
-        }
-        out
+        password_forms(&self.0)
     }
 
     /// Sets the password (for example from an environment variable).
@@ -108,6 +66,25 @@ impl DatabaseUrl {
     pub fn database(&self) -> Option<&str> {
         Some(self.0.path().trim_start_matches('/')).filter(|d| !d.is_empty())
     }
+}
+
+/// The password of `parsed` as written and percent-decoded, plus the values
+/// of its secret query parameters in both spellings.
+fn password_forms(parsed: &Url) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(raw) = parsed.password() {
+        out.push(raw.to_owned());
+        if let Ok(decoded) = percent_decode(raw) {
+            out.push(decoded);
+        }
+    }
+    for (key, value) in parsed.query_pairs() {
+        if is_secret_param(&key) {
+            out.push(url::form_urlencoded::byte_serialize(value.as_bytes()).collect());
+            out.push(value.into_owned());
+        }
+    }
+    out
 }
 
 fn percent_decode(text: &str) -> Result<String, ()> {
@@ -247,8 +224,14 @@ impl FromStr for EndpointUrl {
     }
 }
 
-/// A health-check target: `http(s)://...` (any 2xx is healthy) or
-/// `tcp://host:port` (a connection is healthy).
+/// A health-check target: `http(s)://...` (any 2xx is healthy),
+/// `tcp://host:port` (a connection is healthy) or `postgres://...` /
+/// `postgresql://...` (a connection and `SELECT 1`; see
+/// `warmspare_failover::probe::postgres`).
+///
+/// `Display`, `Debug` and `Serialize` show it redacted (password and
+/// secret query parameters as `***`); [`HealthTarget::expose`] gives the
+/// full URL for probing.
 #[derive(Clone, PartialEq, Eq)]
 pub struct HealthTarget(Url);
 
@@ -261,6 +244,16 @@ impl HealthTarget {
     /// The URL, credentials included.
     pub fn expose(&self) -> &Url {
         &self.0
+    }
+
+    /// Whether this is a `postgres://` or `postgresql://` target.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.0.scheme(), "postgres" | "postgresql")
+    }
+
+    /// The secrets in the URL (see [`DatabaseUrl::password_forms`]).
+    pub(crate) fn password_forms(&self) -> Vec<String> {
+        password_forms(&self.0)
     }
 }
 
@@ -278,9 +271,15 @@ impl FromStr for HealthTarget {
                     redact_url(text)
                 ));
             }
+            "postgres" | "postgresql" => {
+                // The same rules as a site's `database`.
+                text.parse::<DatabaseUrl>()
+                    .map_err(|e| e.replacen("invalid database URL", "invalid health URL", 1))?;
+            }
             _ => {
                 return Err(format!(
-                    "invalid health URL {}: the scheme must be http://, https:// or tcp://",
+                    "invalid health URL {}: the scheme must be http://, https://, tcp:// or \
+                     postgres://",
                     redact_url(text)
                 ));
             }
@@ -408,6 +407,48 @@ mod tests {
         );
         "tcp://10.0.0.1:5432".parse::<HealthTarget>().unwrap();
         assert!("tcp://10.0.0.1".parse::<HealthTarget>().is_err());
-        assert!("udp://x:1".parse::<HealthTarget>().is_err());
+        let err = "udp://u:hunter2@x:1".parse::<HealthTarget>().unwrap_err();
+        assert!(
+            err.contains("postgres://") && !err.contains("hunter2"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn postgres_health_targets_are_accepted_and_never_shown_with_secrets() {
+        for text in [
+            "postgres://probe:hunter2@10.0.1.20:6432/app",
+            "postgresql://probe@10.0.1.20/app?password=hunter2&sslmode=require",
+            "postgres:///app?host=/var/run/postgresql&user=probe&password=hunter2",
+        ] {
+            let target: HealthTarget = text.parse().unwrap();
+            assert!(target.is_postgres());
+            assert!(target.expose().as_str().contains("hunter2"));
+            assert!(target.password_forms().iter().any(|p| p == "hunter2"));
+            for shown in [
+                target.to_string(),
+                target.redacted(),
+                format!("{target:?}"),
+                serde_json::to_string(&target).unwrap(),
+            ] {
+                assert!(!shown.contains("hunter2"), "{shown}");
+                assert!(shown.contains("probe"), "{shown}");
+            }
+        }
+        assert!(
+            !"http://x/health"
+                .parse::<HealthTarget>()
+                .unwrap()
+                .is_postgres()
+        );
+        for (bad, needle) in [
+            ("postgres:///app?password=hunter2", "no host"),
+            ("postgresql://u:hunter2@[::1/app", "invalid health URL"),
+        ] {
+            let err = bad.parse::<HealthTarget>().unwrap_err();
+            assert!(err.contains(needle), "{err}");
+            assert!(err.starts_with("invalid health URL"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 }

@@ -7,11 +7,13 @@
 //! * [`tracker`]: [`ProbeRunner`] runs a set of them at an interval and
 //!   feeds the results into the failover driver.
 //!
-//! [`Probe`] is one configured probe; [`default_probes`] is what a site
-//! that lists no `health` targets gets: its database and its agent's
-//! `/health`. Every probe fails with a [`ProbeError`] whose variant says *why* the
-//! target could not be used, so that callers can decide what to retry and
-//! operators see the cause at a glance.
+//! [`Probe`] is one configured probe; [`site_probes`] is what a site is
+//! probed with: always its database (the role and replay lag that the
+//! `max_data_loss` guard needs), plus its listed `health` targets or, when
+//! it lists none, its agent's `/health` ([`default_probes`]). Every probe
+//! fails with a [`ProbeError`] whose variant says *why* the target could
+//! not be used, so that callers can decide what to retry and operators see
+//! the cause at a glance.
 
 pub mod command;
 pub mod http;
@@ -25,7 +27,10 @@ pub use http::JsonExpectation;
 pub use tracker::ProbeRunner;
 
 /// One configured probe.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Its `Debug` output, like [`Probe::name`], shows URLs with the password
+/// and secret query parameters as `***`.
+#[derive(Clone, PartialEq)]
 pub enum Probe {
     /// PostgreSQL: connect, `SELECT 1`, role, lag; with `write_check` a
     /// write must succeed too.
@@ -53,6 +58,27 @@ pub enum Probe {
         /// The command line.
         command: String,
     },
+}
+
+impl std::fmt::Debug for Probe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Probe::Postgres { url, write_check } => f
+                .debug_struct("Postgres")
+                .field("url", &redact(url))
+                .field("write_check", write_check)
+                .finish(),
+            Probe::Http { url, expect } => f
+                .debug_struct("Http")
+                .field("url", &redact(url))
+                .field("expect", expect)
+                .finish(),
+            Probe::Tcp { addr } => f.debug_struct("Tcp").field("addr", addr).finish(),
+            Probe::Command { command } => {
+                f.debug_struct("Command").field("command", command).finish()
+            }
+        }
+    }
 }
 
 /// The result of one probe run.
@@ -176,30 +202,54 @@ impl Probe {
 
 /// The probes of a site that lists no `health` targets: its database
 /// (without write check) and, when it has one, its agent's `/health`.
+///
+/// The same as [`site_probes`] with no `health` targets.
 pub fn default_probes(database_url: &str, agent_url: Option<&str>) -> Vec<Probe> {
+    site_probes(database_url, agent_url, Vec::new())
+}
+
+/// The probes of a site: its database first, always (without write check),
+/// then its `health` targets, or its agent's `/health` when it lists none.
+///
+/// The database is probed even when `health` lists other targets, because
+/// it is the only source of a streaming or repository-fed standby's role
+/// and replay lag: without it the `max_data_loss` guard has nothing to go
+/// on and refuses every failover that is not forced. A `health` target
+/// naming exactly the database URL is not probed twice.
+///
+/// ```
+/// use warmspare_failover::probe::{Probe, site_probes};
+///
+/// let health = vec![Probe::from_target("tcp://10.0.1.10:8080").unwrap()];
+/// let probes = site_probes("postgres://u@db/app", Some("http://10.0.1.10:9750"), health);
+/// assert_eq!(probes.len(), 2);
+/// assert!(matches!(probes[0], Probe::Postgres { .. }));
+/// assert_eq!(probes[1].name(), "tcp://10.0.1.10:8080");
+/// ```
+pub fn site_probes(database_url: &str, agent_url: Option<&str>, health: Vec<Probe>) -> Vec<Probe> {
     let mut probes = vec![Probe::Postgres {
         url: database_url.to_owned(),
         write_check: false,
     }];
-    if let Some(agent) = agent_url {
-        probes.push(Probe::Http {
-            url: format!("{}/health", agent.trim_end_matches('/')),
-            expect: None,
-        });
+    if health.is_empty() {
+        if let Some(agent) = agent_url {
+            probes.push(Probe::Http {
+                url: format!("{}/health", agent.trim_end_matches('/')),
+                expect: None,
+            });
+        }
+        return probes;
     }
+    probes.extend(health.into_iter().filter(|probe| {
+        !matches!(probe, Probe::Postgres { url, write_check: false } if url == database_url)
+    }));
     probes
 }
 
-/// A URL with its password replaced by `***` (text that is not a URL is
-/// returned unchanged).
+/// A URL with its password and secret query parameters replaced by `***`
+/// (text that is not a URL has its userinfo replaced).
 pub(crate) fn redact(text: &str) -> String {
-    match url::Url::parse(text) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => text.to_owned(),
-    }
+    warmspare_store::redact::redact_url(text)
 }
 
 /// Why a probe failed.
@@ -270,5 +320,85 @@ impl ProbeError {
             ProbeError::Timeout { .. } => "timeout",
             ProbeError::Other { .. } => "other",
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn postgres(url: &str) -> Probe {
+        Probe::Postgres {
+            url: url.into(),
+            write_check: false,
+        }
+    }
+
+    #[test]
+    fn the_database_is_probed_with_or_without_health_targets() {
+        let db = "postgres://u@db/app";
+        let agent = Some("http://10.0.1.10:9750/");
+        // No targets: the database and the agent's /health.
+        let probes = site_probes(db, agent, Vec::new());
+        assert_eq!(probes, default_probes(db, agent));
+        assert_eq!(probes[0], postgres(db));
+        assert_eq!(probes[1].name(), "http://10.0.1.10:9750/health");
+        // Targets: the database and the targets, not the agent.
+        let tcp = Probe::from_target("tcp://10.0.1.10:8080").unwrap();
+        let other = postgres("postgres://probe@pgbouncer:6432/app");
+        let probes = site_probes(db, agent, vec![tcp.clone(), other.clone()]);
+        assert_eq!(probes, [postgres(db), tcp.clone(), other]);
+        // A target naming the database itself is not probed twice, but a
+        // write check on it is kept.
+        let probes = site_probes(db, None, vec![postgres(db), tcp.clone()]);
+        assert_eq!(probes, [postgres(db), tcp]);
+        let write = Probe::Postgres {
+            url: db.into(),
+            write_check: true,
+        };
+        let probes = site_probes(db, None, vec![write.clone()]);
+        assert_eq!(probes, [postgres(db), write]);
+    }
+
+    #[test]
+    fn postgres_targets_are_accepted_and_named_without_secrets() {
+        for (target, shown) in [
+            (
+                "postgres://probe:hunter2@10.0.1.20:6432/app",
+                "postgres://probe:***@10.0.1.20:6432/app",
+            ),
+            (
+                "postgresql://probe@db/app?sslmode=require&password=hunter2",
+                "postgresql://probe@db/app?sslmode=require&password=***",
+            ),
+        ] {
+            let probe = Probe::from_target(target).unwrap();
+            assert_eq!(probe, postgres(target));
+            assert_eq!(probe.name(), shown);
+            let debug = format!("{probe:?}");
+            assert!(
+                debug.contains(shown) && !debug.contains("hunter2"),
+                "{debug}"
+            );
+        }
+        let err = Probe::from_target("mysql://root:hunter2@db/x").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = Probe::from_target("gopher://root:hunter2@[bad/x").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert_eq!(err.kind(), "invalid-target");
+    }
+
+    #[tokio::test]
+    async fn a_failed_postgres_probe_never_shows_the_password() {
+        // Nothing listens on port 1 of loopback.
+        let probe = Probe::from_target("postgres://probe:hunter2@127.0.0.1:1/app").unwrap();
+        let result = probe
+            .run(&reqwest::Client::new(), Duration::from_secs(2))
+            .await;
+        assert!(!result.ok);
+        let shown = format!("{result:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(result.name.contains("probe:***@"), "{shown}");
     }
 }

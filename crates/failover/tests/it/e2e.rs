@@ -1,6 +1,7 @@
 //! End to end: two lease drivers in one process, each with the real
 //! PostgreSQL actions on its own cluster (a primary and a streaming standby
-//! made with `pg_basebackup -R`), the lease on the real S3 server (moto).
+//! made with `pg_basebackup -R`, or a standby fed only from the primary's
+//! WAL archive), the lease on the real S3 server (moto).
 //!
 //! Skipped (with a note) when moto is not installed, unless
 //! `WARMSPARE_REQUIRE_S3` is set.
@@ -16,7 +17,9 @@ use warmspare_failover::{DriverHandle, FailoverMode};
 use warmspare_store::{CompareAndSwap, ConditionalPutCas, Store, StoreConfig};
 use warmspare_testkit::{Fault, FaultStore, Op, PostgresCluster, S3Server, postgres_scratch_dir};
 
-use crate::support::{Running, fast_policy, overlap_monitor, start_driver, wait_for};
+use crate::support::{
+    RecordingCas, Running, fast_policy, overlap_monitor, start_driver, wait_for,
+};
 
 /// A lease store on a fresh bucket, opened with the lease's bounded retries.
 async fn lease_store(policy: &PolicyConfig) -> Option<Store> {
@@ -32,7 +35,7 @@ async fn lease_store(policy: &PolicyConfig) -> Option<Store> {
 }
 
 /// A streaming standby of `primary`.
-async fn standby_of(primary: &PostgresCluster) -> PostgresCluster {
+pub(crate) async fn standby_of(primary: &PostgresCluster) -> PostgresCluster {
     let scratch = postgres_scratch_dir().expect("scratch");
     let target = scratch.path().join("standby");
     let output = tokio::process::Command::new(primary.bin_dir().join("pg_basebackup"))
@@ -52,7 +55,7 @@ async fn standby_of(primary: &PostgresCluster) -> PostgresCluster {
         .expect("start standby")
 }
 
-fn site_actions(site: &str, cluster: &PostgresCluster) -> Arc<SiteActions> {
+pub(crate) fn site_actions(site: &str, cluster: &PostgresCluster) -> Arc<SiteActions> {
     Arc::new(SiteActions {
         database: PostgresActions::new(cluster.url(), site),
         hooks: Hooks {
@@ -65,7 +68,7 @@ fn site_actions(site: &str, cluster: &PostgresCluster) -> Arc<SiteActions> {
 }
 
 /// Local PostgreSQL probes feeding the driver, as the agent will run them.
-fn probes(
+pub(crate) fn probes(
     handle: &DriverHandle,
     cluster: &PostgresCluster,
     policy: &PolicyConfig,
@@ -117,12 +120,26 @@ async fn pair(
     let store = lease_store(policy).await?;
     let primary_pg = PostgresCluster::start().await.expect("primary");
     let spare_pg = standby_of(&primary_pg).await;
+    let primary_cas = primary_cas(&store);
+    let spare_cas = Arc::clone(store.cas());
+    Some(pair_of(policy, spare_policy, primary_pg, spare_pg, primary_cas, spare_cas).await)
+}
+
+/// [`pair`] on given clusters and views of the repository.
+async fn pair_of(
+    policy: &PolicyConfig,
+    spare_policy: &PolicyConfig,
+    primary_pg: PostgresCluster,
+    spare_pg: PostgresCluster,
+    primary_cas: Arc<dyn CompareAndSwap>,
+    spare_cas: Arc<dyn CompareAndSwap>,
+) -> Pair {
     let primary = start_driver(
         policy.clone(),
         "primary",
         "spare",
         true,
-        primary_cas(&store),
+        primary_cas,
         site_actions("primary", &primary_pg),
     );
     let spare = start_driver(
@@ -130,7 +147,7 @@ async fn pair(
         "spare",
         "primary",
         false,
-        Arc::clone(store.cas()),
+        spare_cas,
         site_actions("spare", &spare_pg),
     );
     let probes = vec![
@@ -153,13 +170,13 @@ async fn pair(
     );
     assert!(!spare.handle.may_accept_traffic());
     assert!(!write_ok(&spare_pg).await, "the standby accepts no writes");
-    Some(Pair {
+    Pair {
         primary_pg,
         spare_pg,
         primary,
         spare,
         probes,
-    })
+    }
 }
 
 async fn epochs(cluster: &PostgresCluster) -> String {
@@ -391,17 +408,7 @@ async fn planned_switchover_hands_over_with_the_committed_rows() {
         return;
     };
     // The holder must see its peer healthy before it hands over.
-    let peer = ProbeRunner {
-        target: Target::Peer,
-        probes: vec![Probe::Postgres {
-            url: p.spare_pg.url(),
-            write_check: false,
-        }],
-        interval: policy.read_interval,
-        timeout: Duration::from_secs(1),
-    };
-    let (tx, _) = tokio::sync::watch::channel(Vec::new());
-    let peer_probes = tokio::spawn(peer.run(p.primary.handle.clone(), Arc::new(tx)));
+    let peer = peer_probes(&p, &policy);
     p.primary_pg
         .psql("CREATE TABLE kept (n int); INSERT INTO kept SELECT generate_series(1, 1000)")
         .await
@@ -425,8 +432,9 @@ async fn planned_switchover_hands_over_with_the_committed_rows() {
         wait_for(Duration::from_secs(15), async || write_ok(&p.spare_pg)
             .await)
         .await,
-        "spare never took over: {:?}",
-        p.spare.handle.state()
+        "spare never took over: {:?}\nprimary: {:?}",
+        p.spare.handle.state(),
+        p.primary.handle.state()
     );
     assert!(read_only(&p.primary_pg).await, "old primary fenced");
     assert!(!p.primary.handle.may_accept_traffic());
@@ -441,5 +449,160 @@ async fn planned_switchover_hands_over_with_the_committed_rows() {
     );
     assert_eq!(*overlaps.lock().unwrap(), 0);
     monitor.abort();
-    peer_probes.abort();
+    peer.abort();
+}
+
+/// Peer probes of `spare_pg` feeding the primary's driver: a holder hands
+/// over only to a peer it sees healthy.
+fn peer_probes(p: &Pair, policy: &PolicyConfig) -> tokio::task::JoinHandle<()> {
+    let peer = ProbeRunner {
+        target: Target::Peer,
+        probes: vec![Probe::Postgres {
+            url: p.spare_pg.url(),
+            write_check: false,
+        }],
+        interval: policy.read_interval,
+        timeout: Duration::from_secs(1),
+    };
+    let (tx, _) = tokio::sync::watch::channel(Vec::new());
+    tokio::spawn(peer.run(p.primary.handle.clone(), Arc::new(tx)))
+}
+
+/// A standby of `primary` fed only from the WAL archive in `archive` (no
+/// streaming): it sees a segment once the primary's archiver copied it.
+async fn archive_standby_of(
+    primary: &PostgresCluster,
+    archive: &std::path::Path,
+) -> PostgresCluster {
+    let scratch = postgres_scratch_dir().expect("scratch");
+    let target = scratch.path().join("standby");
+    let output = tokio::process::Command::new(primary.bin_dir().join("pg_basebackup"))
+        .arg("-d")
+        .arg(primary.url())
+        .arg("-D")
+        .arg(&target)
+        .args(["-X", "stream", "-c", "fast", "--no-sync"])
+        .output()
+        .await
+        .expect("run pg_basebackup");
+    assert!(output.status.success(), "{output:?}");
+    std::fs::write(target.join("standby.signal"), "").expect("standby.signal");
+    PostgresCluster::builder()
+        .from_data_dir(&target)
+        .setting("restore_command", format!("cp {}/%f %p", archive.display()))
+        .setting("wal_retrieve_retry_interval", "100ms")
+        .setting("archive_mode", "off")
+        .start()
+        .await
+        .expect("start standby")
+}
+
+/// The planned switchover is zero-data-loss by construction. The spare is
+/// fed from the WAL archive only, and archiving a segment takes two
+/// seconds (as a copy to remote storage does), so the rows committed just
+/// before the switchover (in the primary's current, unarchived WAL segment)
+/// reach the spare seconds after the handover: promoting it at once loses
+/// them (this test fails when the wait is removed from the policy). The
+/// holder fences, reads its final WAL position and switches the WAL segment
+/// (archiving is on), and hands the lease over with that position; the
+/// spare holds the lease but promotes only once it has replayed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switchover_to_an_archive_fed_standby_waits_for_the_final_wal_position() {
+    let policy = fast_policy(Duration::from_secs(3));
+    let Some(store) = lease_store(&policy).await else {
+        return;
+    };
+    let archive = postgres_scratch_dir().expect("archive");
+    let primary_pg = PostgresCluster::builder()
+        .setting("archive_mode", "on")
+        .setting(
+            "archive_command",
+            format!("sleep 2; cp %p {}/%f", archive.path().display()),
+        )
+        .start()
+        .await
+        .expect("primary");
+    let spare_pg = archive_standby_of(&primary_pg, archive.path()).await;
+    let primary_cas = RecordingCas::new(Arc::clone(store.cas()));
+    let spare_cas = RecordingCas::new(Arc::clone(store.cas()));
+    let p = pair_of(
+        &policy,
+        &policy,
+        primary_pg,
+        spare_pg,
+        Arc::new(primary_cas.clone()),
+        Arc::new(spare_cas.clone()),
+    )
+    .await;
+    let peer = peer_probes(&p, &policy);
+    let (overlaps, monitor) = overlap_monitor(p.primary.handle.clone(), p.spare.handle.clone());
+
+    // Committed at the primary just before the switchover; not archived,
+    // so not on the spare.
+    p.primary_pg
+        .psql("CREATE TABLE kept (n int); INSERT INTO kept SELECT generate_series(1, 1000)")
+        .await
+        .expect("rows");
+    assert!(
+        p.spare_pg.psql("SELECT count(*) FROM kept").await.is_err(),
+        "the spare must not have the rows yet, or this test proves nothing"
+    );
+    let mut reply = CommandReply::Refused(String::new());
+    assert!(
+        wait_for(Duration::from_secs(10), async || {
+            reply = p
+                .primary
+                .handle
+                .command(Command::Switchover { to: "spare".into() })
+                .await
+                .expect("driver runs");
+            matches!(reply, CommandReply::Accepted(_))
+        })
+        .await,
+        "{reply:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(30), async || write_ok(&p.spare_pg)
+            .await)
+        .await,
+        "spare never took over: {:?}\nprimary: {:?}",
+        p.spare.handle.state(),
+        p.primary.handle.state()
+    );
+    assert!(p.spare.handle.may_accept_traffic());
+    assert_eq!(p.spare.handle.current_epoch(), Some(2));
+    assert!(read_only(&p.primary_pg).await, "old primary fenced");
+    assert!(!p.primary.handle.may_accept_traffic());
+
+    // Every committed row is on the new primary, and both epochs.
+    let count = p.spare_pg.psql("SELECT count(*) FROM kept").await.unwrap();
+    assert_eq!(count.trim(), "1000");
+    assert_eq!(epochs(&p.spare_pg).await.trim(), "1:primary,2:spare");
+
+    // The primary released the lease with its final position; the spare
+    // took it with the same position, and its recovery ended at or past it.
+    let released = primary_cas
+        .written()
+        .into_iter()
+        .find(|r| r.released)
+        .expect("a release");
+    assert_eq!(released.successor.as_deref(), Some("spare"));
+    let final_lsn = released.final_lsn.expect("the final WAL position");
+    let taken = spare_cas
+        .written()
+        .into_iter()
+        .find(|r| r.epoch == 2)
+        .expect("the spare's takeover");
+    assert_eq!((taken.holder.as_str(), taken.final_lsn), ("spare", Some(final_lsn)));
+    let reached = p
+        .spare_pg
+        .psql(&format!(
+            "SELECT pg_last_wal_replay_lsn() >= '{final_lsn}'::pg_lsn"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(reached.trim(), "t", "replayed past {final_lsn}");
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    monitor.abort();
+    peer.abort();
 }

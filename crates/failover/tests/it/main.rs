@@ -11,7 +11,10 @@
 //! * `e2e`: two drivers, real PostgreSQL (primary and streaming standby)
 //!   and the real S3 server (moto): kill, repository cut, manual mode,
 //!   a 2 s repository stall, and the failover-time benchmark (ignored);
-//! * `probes`: HTTP, TCP, command and PostgreSQL probes.
+//! * `probes`: HTTP, TCP, command and PostgreSQL probes;
+//! * `repository_cut`: the primary partitioned from the S3 repository by a
+//!   real TCP proxy (blackhole and reset) fences itself before the spare is
+//!   promoted.
 
 #![allow(clippy::unwrap_used)]
 
@@ -20,6 +23,7 @@ mod clock;
 mod driver;
 mod e2e;
 mod probes;
+mod repository_cut;
 mod scenarios;
 mod sim;
 mod support;

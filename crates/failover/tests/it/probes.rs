@@ -1,10 +1,19 @@
 //! The HTTP, TCP, command and PostgreSQL probes against real targets.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use warmspare_failover::probe::{JsonExpectation, Probe, default_probes, postgres};
+use warmspare_failover::policy::Target;
+use warmspare_failover::probe::{
+    JsonExpectation, Probe, ProbeRunner, default_probes, postgres, site_probes,
+};
+use warmspare_store::ConditionalPutCas;
+use warmspare_store::object_store::memory::InMemory;
 use warmspare_testkit::PostgresCluster;
+
+use crate::e2e::standby_of;
+use crate::support::{Recorder, fast_policy, start_driver, wait_for};
 
 /// A one-answer-per-connection HTTP server replying `status` and `body`.
 async fn http_server(status: &'static str, body: &'static str) -> String {
@@ -97,4 +106,52 @@ async fn postgres_probe_reports_role_lag_and_writability() {
         default_probes("postgres://u@h/db", Some("http://a:1/"))[1].name(),
         "http://a:1/health"
     );
+}
+
+/// A streaming standby whose site lists a `health` target still has its
+/// database probed, so the driver receives its replay lag (what the
+/// `max_data_loss` guard judges).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_with_health_targets_still_reports_its_replay_lag() {
+    let primary = PostgresCluster::start().await.expect("primary");
+    let standby = standby_of(&primary).await;
+    let health = vec![Probe::from_target(&http_server("200 OK", "{}").await).unwrap()];
+    let probes = site_probes(&standby.url(), None, health);
+    assert_eq!(probes.len(), 2, "{probes:?}");
+
+    let cas = Arc::new(ConditionalPutCas::new(Arc::new(InMemory::new())));
+    let spare = start_driver(
+        fast_policy(Duration::from_secs(3)),
+        "spare",
+        "primary",
+        false,
+        cas,
+        Arc::new(Recorder::default()),
+    );
+    assert_eq!(spare.handle.state().lag, None);
+    let runner = ProbeRunner {
+        target: Target::Local,
+        probes,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+    };
+    let (tx, mut rx) = tokio::sync::watch::channel(Vec::new());
+    let task = tokio::spawn(runner.run(spare.handle.clone(), Arc::new(tx)));
+    assert!(
+        wait_for(Duration::from_secs(15), async || spare
+            .handle
+            .state()
+            .lag
+            .is_some())
+        .await,
+        "no replay lag reached the driver: {:?}",
+        rx.borrow().clone()
+    );
+    rx.changed().await.unwrap();
+    let round = rx.borrow_and_update().clone();
+    assert!(round.iter().all(|r| r.ok), "{round:?}");
+    let pg = round[0].postgres.as_ref().expect("the database was probed");
+    assert!(pg.in_recovery, "{pg:?}");
+    assert!(round[0].lag.is_some(), "{round:?}");
+    task.abort();
 }
