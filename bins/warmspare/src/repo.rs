@@ -183,6 +183,7 @@ fn is_usage(error: &Error) -> bool {
         | Error::NoSnapshots { .. }
         | Error::WrongKind { .. }
         | Error::TargetTimeUnsupported { .. }
+        | Error::InvalidRecoveryTarget { .. }
         | Error::RefusedSourceOverwrite { .. } => true,
         Error::Store(e) => matches!(
             e,

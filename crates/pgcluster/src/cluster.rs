@@ -16,6 +16,8 @@ pub const SUPERUSER: &str = "postgres";
 const OWN_CONF: &str = "warmspare-pgcluster.conf";
 /// How many ports to try when another process grabs ours first.
 const START_ATTEMPTS: usize = 10;
+/// How long `pg_ctl start` waits for the server by default.
+const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A PostgreSQL cluster in a temporary directory, listening on
 /// `127.0.0.1:<free port>` and on a Unix socket inside that directory.
@@ -44,6 +46,7 @@ pub struct Cluster {
     password: Option<String>,
     user: Option<ServiceUser>,
     watchdog: Option<Watchdog>,
+    start_timeout: Duration,
 }
 
 /// Options for a [`Cluster`]; start with [`Cluster::builder`].
@@ -55,6 +58,7 @@ pub struct ClusterBuilder {
     password: Option<String>,
     settings: Vec<(String, String)>,
     from_data_dir: Option<PathBuf>,
+    start_timeout: Duration,
 }
 
 impl ClusterBuilder {
@@ -70,6 +74,7 @@ impl ClusterBuilder {
             password: None,
             settings: Vec::new(),
             from_data_dir: None,
+            start_timeout: DEFAULT_START_TIMEOUT,
         }
     }
 
@@ -105,6 +110,14 @@ impl ClusterBuilder {
         self
     }
 
+    /// How long `pg_ctl start` waits for the server to accept connections
+    /// (60 s by default). A server started on a restored data directory
+    /// replays WAL first, which can take longer.
+    pub fn start_timeout(mut self, timeout: Duration) -> Self {
+        self.start_timeout = timeout;
+        self
+    }
+
     /// Creates the cluster and starts the server.
     pub async fn start(self) -> Result<Cluster> {
         let user = sys::postgres_service_user()?;
@@ -123,6 +136,7 @@ impl ClusterBuilder {
             password: self.password,
             user,
             watchdog: Some(watchdog),
+            start_timeout: self.start_timeout,
         };
         cluster.create_dir(&cluster.socket_dir.clone(), 0o755)?;
         match self.from_data_dir {
@@ -337,7 +351,9 @@ impl Cluster {
             .arg(&self.data_dir)
             .arg("-l")
             .arg(&self.log_file)
-            .args(["-w", "-t", "60", "-s"]);
+            .args(["-w", "-t"])
+            .arg(self.start_timeout.as_secs().max(1).to_string())
+            .arg("-s");
         match run(cmd, "pg_ctl start").await {
             Ok(_) => Ok(()),
             Err(Error::Command { what, detail }) => Err(Error::Command {

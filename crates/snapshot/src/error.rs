@@ -6,7 +6,8 @@ use std::io;
 use warmspare_store::{SnapshotId, SnapshotKind};
 
 use crate::event::{
-    BackupStep, DeepVerifyStep, PhysicalBackupStep, PhysicalRestoreStep, RestoreStep,
+    BackupStep, DeepVerifyStep, PhysicalBackupStep, PhysicalRestoreStep, PhysicalVerifyStep,
+    RestoreStep,
 };
 
 /// Everything that can go wrong in `warmspare-snapshot`.
@@ -212,6 +213,62 @@ pub enum Error {
         index: String,
         /// What amcheck said.
         message: String,
+    },
+
+    /// `amcheck` found a corrupt table (heap) in a restored copy.
+    #[error("amcheck: table {table} is corrupt: {message}")]
+    HeapCorrupt {
+        /// The table (`schema.name in database db`).
+        table: String,
+        /// What amcheck said (block, offset, message).
+        message: String,
+    },
+
+    /// A WAL segment that a physical snapshot needs to become consistent
+    /// is not in the repository.
+    #[error(
+        "wal segment {segment} ({object}), which snapshot {id} needs to become consistent, \
+         is not in the repository: the snapshot cannot be restored (was the wal pruned or \
+         deleted by hand?)"
+    )]
+    WalMissing {
+        /// The snapshot.
+        id: SnapshotId,
+        /// The segment's file name.
+        segment: String,
+        /// The object looked for.
+        object: String,
+    },
+
+    /// A server started on a restored physical snapshot did not recover.
+    #[error("the restored server did not recover: {reason}")]
+    RecoveryFailed {
+        /// Why, with the end of the server log.
+        reason: String,
+    },
+
+    /// A throwaway cluster could not be created, started or stopped.
+    #[error("{context}: {source}")]
+    Scratch {
+        /// What was being done.
+        context: &'static str,
+        /// The cluster crate's error.
+        #[source]
+        source: warmspare_pgcluster::Error,
+    },
+
+    /// A deep verification of a physical snapshot failed; `step` says
+    /// where. The snapshot is suspect unless the cause is local (tools,
+    /// disk space, the scratch server).
+    #[error("deep verification of physical snapshot {id} failed at step {step}: {source}")]
+    PhysicalVerify {
+        /// The snapshot.
+        id: SnapshotId,
+        /// The step that failed.
+        step: PhysicalVerifyStep,
+        /// What went wrong.
+        #[source]
+        source: Box<Error>,
     },
 
     /// A deep verification failed; `step` says where. The snapshot is
@@ -478,6 +535,7 @@ impl Error {
             Self::Backup { source, .. }
             | Self::Restore { source, .. }
             | Self::DeepVerify { source, .. }
+            | Self::PhysicalVerify { source, .. }
             | Self::PhysicalBackup { source, .. }
             | Self::PhysicalRestore { source, .. } => source.is_retryable(),
             Self::InvalidUrl { .. }
@@ -497,6 +555,10 @@ impl Error {
             | Self::BadMeta { .. }
             | Self::RowCountMismatch { .. }
             | Self::IndexCorrupt { .. }
+            | Self::HeapCorrupt { .. }
+            | Self::WalMissing { .. }
+            | Self::RecoveryFailed { .. }
+            | Self::Scratch { .. }
             | Self::RefusedSourceOverwrite { .. }
             | Self::InvalidWalName { .. }
             | Self::WalConflict { .. }
@@ -546,6 +608,7 @@ impl Error {
             Self::Backup { source, .. }
             | Self::Restore { source, .. }
             | Self::DeepVerify { source, .. }
+            | Self::PhysicalVerify { source, .. }
             | Self::PhysicalBackup { source, .. }
             | Self::PhysicalRestore { source, .. } => source.root(),
             other => other,

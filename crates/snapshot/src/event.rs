@@ -23,6 +23,8 @@ pub enum Event {
     PhysicalBackup(PhysicalBackupStep),
     /// A physical restore step begins.
     PhysicalRestore(PhysicalRestoreStep),
+    /// A step of a deep verification of a physical snapshot begins.
+    PhysicalVerify(PhysicalVerifyStep),
     /// Content bytes of the current file moved so far (dumped, or
     /// restored). Monotonic within one step.
     Bytes(u64),
@@ -87,6 +89,9 @@ steps! {
         CheckTools => "check-tools",
         /// Connect to the target server's maintenance database.
         Connect => "connect",
+        /// Apply the snapshot's globals: create the roles the target lacks
+        /// (only with `RestoreOptions::globals`).
+        ApplyGlobals => "apply-globals",
         /// Drop a stale staging database, create a fresh one.
         CreateStaging => "create-staging",
         /// Stream the dump (verified) into `pg_restore`, or spool it to disk
@@ -152,5 +157,29 @@ steps! {
         Extract => "extract",
         /// Write the recovery settings and the signal file.
         Configure => "configure",
+    }
+}
+
+steps! {
+    /// The steps of a deep verification of a physical snapshot, in order.
+    PhysicalVerifyStep {
+        /// Read the manifest, find the server programs, create the scratch
+        /// directory.
+        Resolve => "resolve",
+        /// Stream the base backup (verified) into a scratch data directory.
+        Restore => "restore",
+        /// Fetch (verified) every WAL segment from the backup's start to its
+        /// stop position into `pg_wal`.
+        FetchWal => "fetch-wal",
+        /// Check every file and the WAL against the `backup_manifest` with
+        /// `pg_verifybackup`.
+        VerifyBackup => "verify-backup",
+        /// Start a throwaway server on it, replay to consistency, promote.
+        Recover => "recover",
+        /// Read every table and check it and every B-tree index with
+        /// `amcheck`, in every database.
+        CheckData => "check-data",
+        /// Stop the server and remove the scratch directory.
+        Cleanup => "cleanup",
     }
 }

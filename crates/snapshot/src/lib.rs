@@ -22,6 +22,9 @@
 //! * [`verify_deep`]: `verify --deep`: restore into a scratch database on a
 //!   throwaway server, compare row counts, run `amcheck` on every B-tree
 //!   index, drop it.
+//!   [`verify_deep_physical`] does the same for a physical snapshot in a
+//!   throwaway cluster it starts itself: WAL fetched and replayed to
+//!   consistency, `pg_verifybackup`, every table read, `amcheck`.
 //! * [`physical`]: [`backup_physical`] streams `pg_basebackup`'s tar into
 //!   `snapshots/<id>/base.tar` and commits once the WAL it needs is
 //!   archived; [`restore_physical`] lays out a data directory with the
@@ -161,18 +164,20 @@ pub mod wal;
 pub use catalog::{SnapshotStatus, SnapshotSummary};
 pub use error::{Error, Result, RowCountMismatch};
 pub use event::{
-    BackupStep, DeepVerifyStep, Event, PhysicalBackupStep, PhysicalRestoreStep, ProgressFn,
-    RestoreStep,
+    BackupStep, DeepVerifyStep, Event, PhysicalBackupStep, PhysicalRestoreStep, PhysicalVerifyStep,
+    ProgressFn, RestoreStep,
 };
 pub use logical::{
-    DEFAULT_CONNECT_TIMEOUT, DUMP_FILE, DeepVerifyReport, GLOBALS_FILE, LOGICAL_FORMAT,
-    LogicalBackup, LogicalBackupOptions, LogicalMeta, RecordedOptions, RestoreOptions,
+    DEFAULT_CONNECT_TIMEOUT, DUMP_DIR, DUMP_FILE, DeepVerifyReport, GLOBALS_FILE, GlobalsReport,
+    LOGICAL_DIRECTORY_FORMAT, LOGICAL_FORMAT, LogicalBackup, LogicalBackupOptions, LogicalMeta,
+    RecordedOptions, RestoreOptions,
     RestoreReport, TableRows, ToolVersions, backup_logical, restore_logical, verify_deep,
 };
 pub use logical::{PREVIOUS_SUFFIX, STAGING_SUFFIX};
 pub use physical::{
     PhysicalBackup, PhysicalBackupOptions, PhysicalMeta, PhysicalRestoreOptions,
-    PhysicalRestoreReport, RecoveryTarget, backup_physical, restore_physical,
+    PhysicalRestoreReport, PhysicalVerifyOptions, PhysicalVerifyReport, RecoveryTarget,
+    backup_physical, restore_physical, verify_deep_physical,
 };
 pub use prune::{
     DEFAULT_INCOMPLETE_GRACE, GroupPlan, PruneOptions, PruneReport, SnapshotGroup, prune,

@@ -10,6 +10,7 @@ mod drill;
 mod init;
 mod physical;
 mod snapshots;
+mod verify_physical;
 mod wal;
 
 use std::path::Path;

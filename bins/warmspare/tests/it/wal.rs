@@ -20,16 +20,16 @@ use crate::{file_url, warmspare};
 /// bucket of the test S3 server), and a configuration file naming it that
 /// the `postgres` user can read.
 pub(crate) struct Archive {
-    name: &'static str,
+    pub(crate) name: &'static str,
     pub(crate) dir: tempfile::TempDir,
     pub(crate) config: PathBuf,
-    repo: Repository,
+    pub(crate) repo: Repository,
 }
 
 impl Archive {
     /// The filesystem archive, then an S3 one when an S3 server is
     /// installed.
-    async fn all(test: &str) -> Vec<Archive> {
+    pub(crate) async fn all(test: &str) -> Vec<Archive> {
         let mut out = vec![Archive::new().await];
         let Some(s3) = S3Server::try_shared().await.expect("s3 server") else {
             eprintln!("note: no S3 server installed, skipping the S3 part of {test}");
@@ -99,7 +99,7 @@ impl Archive {
         wal::archive_command(Path::new(env!("CARGO_BIN_EXE_warmspare")), &self.config)
     }
 
-    fn restore_command(&self) -> String {
+    pub(crate) fn restore_command(&self) -> String {
         wal::restore_command(Path::new(env!("CARGO_BIN_EXE_warmspare")), &self.config)
     }
 

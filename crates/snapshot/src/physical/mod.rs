@@ -60,8 +60,26 @@
 //! archives its new timeline into the same repository, as PostgreSQL
 //! intends (a new timeline never overwrites the old one's segments); set
 //! `archive_mode = off` on drill copies that should not.
+//!
+//! A restore first checks (one `HEAD` each) that every WAL segment from
+//! the snapshot's start to its stop position is in the repository: without
+//! them neither a recovery nor a standby can start, and a standby would
+//! wait for them silently forever. A target time before the snapshot's end
+//! is refused: recovery replays forward from the end of a base backup.
+//!
+//! # Verify
+//!
+//! [`verify_wal`] re-reads those segments (the snapshot's own objects are
+//! verified by [`crate::catalog::verify`]). [`verify_deep_physical`]
+//! restores the snapshot into a throwaway cluster (`warmspare-pgcluster`),
+//! runs `pg_verifybackup` against the `backup_manifest` that
+//! `pg_basebackup` put into the tar, replays the WAL to consistency,
+//! promotes, and checks every database: every table read, `amcheck` on
+//! every table and B-tree index.
 
 mod backup;
+mod deep;
+mod needed;
 mod restore;
 mod tar;
 
@@ -76,6 +94,10 @@ use crate::error::{Error, Result};
 use crate::wal::Lsn;
 
 pub use backup::{PhysicalBackup, backup_physical};
+pub use deep::{
+    DEFAULT_RECOVERY_TIMEOUT, PhysicalVerifyOptions, PhysicalVerifyReport, verify_deep_physical,
+};
+pub use needed::{WalVerifyReport, verify_wal};
 pub use restore::{PhysicalRestoreReport, restore_physical, snapshot_for_time};
 
 /// `meta.format` of a physical snapshot.

@@ -70,9 +70,12 @@ pub async fn snapshot_for_time(repo: &Repository, time: OffsetDateTime) -> Resul
 ///
 /// [`Error::PhysicalRestore`] naming the [`PhysicalRestoreStep`], around
 /// the cause: [`Error::SnapshotNotFound`], [`Error::WrongKind`],
-/// [`Error::BadMeta`], [`Error::InvalidRecoveryTarget`],
-/// [`Error::DataDirNotEmpty`], [`Error::DataDir`], [`Error::Store`] (a
-/// digest mismatch names the object), [`Error::ToolFailed`] for `tar`.
+/// [`Error::BadMeta`], [`Error::InvalidRecoveryTarget`] (a standby with a
+/// target, a target time before the snapshot's end),
+/// [`Error::WalMissing`] (a segment up to the snapshot's stop position is
+/// not in the repository), [`Error::DataDirNotEmpty`], [`Error::DataDir`],
+/// [`Error::Store`] (a digest mismatch names the object),
+/// [`Error::ToolFailed`] for `tar`.
 pub async fn restore_physical(
     repo: &Repository,
     id: &SnapshotId,
@@ -143,12 +146,15 @@ async fn resolve(
                     .into(),
             );
         }
-        RecoveryTarget::Time(t) if t < manifest.started => {
+        // Recovery replays forward from the end of the base backup: it
+        // cannot stop before the snapshot is consistent.
+        RecoveryTarget::Time(t) if t < manifest.finished => {
             return invalid(format!(
-                "{} is before snapshot {} was taken ({}); restore an older snapshot",
+                "{} is before snapshot {} was complete ({}): a recovery starts at a \
+                 snapshot's end; restore an older snapshot, or choose a later time",
                 format_time(t),
                 manifest.id,
-                format_time(manifest.started)
+                format_time(manifest.finished)
             ));
         }
         _ => {}
@@ -158,6 +164,9 @@ async fn resolve(
             "restore_command is empty: recovery needs it to read the WAL archive".into(),
         );
     }
+    // Without the WAL up to the stop position, neither a recovery nor a
+    // standby can start; a standby would wait for it silently.
+    super::needed::check_present(repo, &manifest.id, &meta).await?;
     Ok((manifest, meta))
 }
 
@@ -261,6 +270,16 @@ async fn extract(
             // tar may have stopped first (a full disk): its error explains.
             let status = tar.wait().await;
             let text = stderr_task.await.unwrap_or_default();
+            // Or it stopped at damaged bytes before the codec could tell:
+            // read the rest to find out, since corruption is the news.
+            if let Err(damaged) = repo
+                .read_manifest_file(manifest, &meta.base_file, &mut tokio::io::sink(), None)
+                .await
+                .map_err(Error::from)
+                && damaged.is_corruption()
+            {
+                return Err(damaged);
+            }
             return Err(match status {
                 Ok(s) if !s.success() => Error::ToolFailed {
                     tool: "tar",

@@ -365,6 +365,24 @@ async fn restore_lays_out_the_data_directory_or_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let command = "warmspare --config '/etc/it''s.toml' wal fetch %f %p";
 
+    // Without the WAL up to its stop position the snapshot cannot start:
+    // refused before anything is written, naming the segment.
+    let standby = dir.path().join("standby");
+    let options = PhysicalRestoreOptions::new(command).with_standby(true);
+    let err = restore_physical(repo, &id, &standby, &options, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err.root(), Error::WalMissing { .. }), "{err}");
+    assert!(
+        err.to_string().contains("000000010000000000000002"),
+        "{err}"
+    );
+    assert!(!standby.exists());
+    let segment = write(dir.path(), "000000010000000000000002", b"wal");
+    wal::push(repo, &segment, &PushOptions::default())
+        .await
+        .unwrap();
+
     // The snapshot for a recovery to a time: the newest finished before it.
     let later = at + Duration::from_secs(1800);
     let found = warmspare_snapshot::physical::snapshot_for_time(repo, later)
@@ -418,7 +436,6 @@ async fn restore_lays_out_the_data_directory_or_leaves_nothing() {
     );
 
     // A standby, into an existing empty directory.
-    let standby = dir.path().join("standby");
     std::fs::create_dir(&standby).unwrap();
     let options = PhysicalRestoreOptions::new(command).with_standby(true);
     let report = restore_physical(repo, &id, &standby, &options, None)
