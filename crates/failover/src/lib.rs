@@ -1,5 +1,5 @@
-//! Failover for warmspare: health probes, the failover policy and (to come)
-//! the lease driver that carries out the policy's decisions.
+//! Failover for warmspare: health probes, the failover policy and the lease
+//! driver that carries out the policy's decisions.
 //!
 //! The one promise this crate exists for: when the primary dies the spare
 //! takes over quickly, and two sites never accept live traffic at once. The
@@ -9,6 +9,10 @@
 //!
 //! * [`policy`]: the failover policy as a pure state machine,
 //!   `Policy::step(event, now) -> actions`, with no I/O and no clock reads.
+//!   A site accepts traffic only once it holds the lease *and* its database
+//!   answered that it is open; a planned switchover hands over the old
+//!   holder's final WAL position and the successor promotes only once it
+//!   has replayed it.
 //!   Its safety is tested by simulation over random delays, partitions,
 //!   clock drift and crashes; the argument is written down in
 //!   `docs/failover-safety.md`.

@@ -26,6 +26,10 @@ pub enum AgentCommand {
     Switchover {
         /// The site that is to take over.
         to: String,
+        /// Hand over even when the holder's final WAL position cannot be
+        /// read (see [`Command::Switchover`]).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        force: bool,
     },
 }
 
@@ -33,7 +37,7 @@ impl From<AgentCommand> for Command {
     fn from(c: AgentCommand) -> Command {
         match c {
             AgentCommand::Failover { force } => Command::Failover { force },
-            AgentCommand::Switchover { to } => Command::Switchover { to },
+            AgentCommand::Switchover { to, force } => Command::Switchover { to, force },
         }
     }
 }
@@ -76,7 +80,7 @@ async fn answer(
     agent: &str,
     response: Result<reqwest::Response, reqwest::Error>,
 ) -> Result<serde_json::Value, AgentError> {
-    let url = crate::probe::redact(agent);
+    let url = crate::probe::redact(agent).trim_end_matches('/').to_owned();
     let response = response.map_err(|e| AgentError::Unreachable {
         url: url.clone(),
         message: crate::probe::redact(&e.to_string()),
@@ -133,7 +137,23 @@ mod tests {
         assert_eq!(f, r#"{"command":"failover","force":true}"#);
         let s: AgentCommand =
             serde_json::from_str(r#"{"command":"switchover","to":"spare"}"#).unwrap();
-        assert_eq!(Command::from(s), Command::Switchover { to: "spare".into() });
+        assert_eq!(
+            Command::from(s),
+            Command::Switchover {
+                to: "spare".into(),
+                force: false
+            }
+        );
+        let forced = AgentCommand::Switchover {
+            to: "spare".into(),
+            force: true,
+        };
+        let text = serde_json::to_string(&forced).unwrap();
+        assert_eq!(
+            text,
+            r#"{"command":"switchover","to":"spare","force":true}"#
+        );
+        assert_eq!(serde_json::from_str::<AgentCommand>(&text).unwrap(), forced);
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //! | endpoint | answer |
 //! | --- | --- |
 //! | `GET /health` | 200, JSON: the agent is up, one check per job |
-//! | `GET /active` | 200 iff the failover driver says this site may accept traffic now |
+//! | `GET /active` | 200 iff the failover driver says this site may accept traffic now: it holds the lease *and* its database was promoted (and opened since the latest fence) |
 //! | `GET /standby` | 200 iff this site is a healthy spare (driver running, not the holder) |
 //! | `GET /status` | 200, JSON: site, jobs (last outcome, next run), lease |
 //! | `GET /metrics` | 200, Prometheus text format 0.0.4 |
@@ -37,8 +37,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+use warmspare_failover::DriverState;
 use warmspare_failover::driver::CommandReply;
-use warmspare_failover::policy::Command;
+use warmspare_failover::policy::{Command, Role};
 use warmspare_failover::remote::AgentCommand;
 
 use crate::state::{FailoverView, Shared, raised};
@@ -173,10 +174,7 @@ fn read_only(shared: &Shared, path: &str) -> Response<Body> {
                     may_accept_traffic: true,
                     ..
                 } => (true, None),
-                FailoverView::Running { state, .. } => (
-                    false,
-                    Some(format!("not the lease holder (role {})", state.role)),
-                ),
+                FailoverView::Running { state, .. } => (false, Some(inactive_reason(state))),
                 FailoverView::Off(reason) => (false, Some(reason.clone())),
             };
             gate_response(
@@ -208,6 +206,24 @@ fn read_only(shared: &Shared, path: &str) -> Response<Body> {
                 json!({ "site": view.site, "standby": ok, "reason": reason }),
             )
         }
+    }
+}
+
+/// Why a running driver does not let this site accept traffic.
+fn inactive_reason(state: &DriverState) -> String {
+    match (state.role, state.awaiting_lsn) {
+        (Role::Promoting, Some(lsn)) => format!(
+            "holds the lease but waits to replay the old primary's final WAL position {lsn} \
+             (replayed: {}) before it promotes",
+            state
+                .replayed_lsn
+                .map_or_else(|| "unknown".to_owned(), |l| l.to_string())
+        ),
+        (Role::Promoting, None) => "holds the lease; the database is being promoted".to_owned(),
+        (Role::FencedHolder, _) => {
+            "holds the lease but is fenced (renewal late, or the database not open yet)".to_owned()
+        }
+        (role, _) => format!("not the lease holder (role {role})"),
     }
 }
 
@@ -353,4 +369,49 @@ fn response(status: StatusCode, content_type: &'static str, body: String) -> Res
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmspare_failover::policy::{Health, Lsn, Millis};
+
+    fn state(role: Role, awaiting: Option<Lsn>, replayed: Option<Lsn>) -> DriverState {
+        DriverState {
+            site: "spare".into(),
+            running: true,
+            role,
+            accepting_until: None,
+            epoch: Some(2),
+            fenced: true,
+            paused: false,
+            local: Health::Healthy,
+            peer: Health::Healthy,
+            lease: None,
+            time_left: None,
+            takeover_in: None,
+            lag: None,
+            awaiting_lsn: awaiting,
+            replayed_lsn: replayed,
+            at: Millis::ZERO,
+            last_alert: None,
+        }
+    }
+
+    #[test]
+    fn active_says_why_a_holder_is_not_active_yet() {
+        let waiting = inactive_reason(&state(
+            Role::Promoting,
+            Some(Lsn(0x300_0060)),
+            Some(Lsn(0x300_0000)),
+        ));
+        assert!(
+            waiting.contains("final WAL position 0/3000060") && waiting.contains("0/3000000"),
+            "{waiting}"
+        );
+        let promoting = inactive_reason(&state(Role::Promoting, None, None));
+        assert!(promoting.contains("being promoted"), "{promoting}");
+        let standby = inactive_reason(&state(Role::Standby, None, None));
+        assert_eq!(standby, "not the lease holder (role standby)");
+    }
 }

@@ -49,6 +49,8 @@ fn failover(view: &View) -> Value {
             "time_left_seconds": state.time_left.map(|d| d.as_secs_f64()),
             "takeover_in_seconds": state.takeover_in.map(|d| d.as_secs_f64()),
             "lag_seconds": state.lag.map(|d| d.as_secs_f64()),
+            "awaiting_lsn": state.awaiting_lsn.map(|l| l.to_string()),
+            "replayed_lsn": state.replayed_lsn.map(|l| l.to_string()),
             "last_alert": state.last_alert.as_ref().map(|(kind, message)| {
                 json!({ "kind": format!("{kind:?}"), "message": message })
             }),
@@ -69,6 +71,7 @@ fn lease(view: &View) -> Value {
             "renewals": record.renewals,
             "released": record.released,
             "successor": record.successor,
+            "final_lsn": record.final_lsn.map(|l| l.to_string()),
             "ttl_seconds": Duration::from_millis(record.ttl_ms).as_secs_f64(),
             "held_here": record.holder == view.site && !record.released,
         }),

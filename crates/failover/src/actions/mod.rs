@@ -14,7 +14,7 @@ pub use hooks::{HookRole, Hooks};
 pub use postgres::{PostgresActions, record_epoch_sql};
 
 use crate::Result;
-use crate::policy::{AlertKind, FenceReason, HookKind, PromoteTrigger, Severity};
+use crate::policy::{AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Replay, Severity};
 
 /// The side effects of the failover policy on this site.
 ///
@@ -27,9 +27,14 @@ use crate::policy::{AlertKind, FenceReason, HookKind, PromoteTrigger, Severity};
 /// * Every method is **idempotent**: promoting a database that already is
 ///   primary (with the epoch already recorded), fencing a fenced one, and so
 ///   on, succeed without changing anything.
-/// * An error is logged by the driver and not retried by it: the policy
-///   goes on (a failed promotion shows up as failing local probes, which the
-///   watchdog handles; a failed fence is reported as a critical alert).
+/// * An error is logged by the driver and not retried by it. The outcome
+///   of [`promote`](Actions::promote) and [`unfence`](Actions::unfence) is
+///   reported to the policy, which admits traffic only after a success and
+///   tries again after a failure; [`final_lsn`](Actions::final_lsn) and
+///   [`replay_position`](Actions::replay_position) answers go to the policy
+///   too (a switchover without its final position is abandoned). Other
+///   failures only show up in the logs and, for the database, as failing
+///   local probes, which the watchdog handles.
 /// * `fence` must be fast (it runs when the lease deadline passes): the
 ///   margin of the lease (1 s by default) plus the gap of the safety
 ///   argument is its budget.
@@ -43,7 +48,18 @@ pub trait Actions: fmt::Debug + Send + Sync + 'static {
     async fn unfence(&self, epoch: u64) -> Result<()>;
 
     /// Make the local database a writable primary and record `epoch` in it.
+    /// The site accepts traffic only once this has returned `Ok`.
     async fn promote(&self, epoch: u64, trigger: PromoteTrigger) -> Result<()>;
+
+    /// The final WAL position of the local database, just fenced for a
+    /// planned switchover: every transaction that committed before the
+    /// fence ends at or before it. Switches to a new WAL segment first when
+    /// WAL archiving is on, so that a repository-fed standby can fetch the
+    /// last one.
+    async fn final_lsn(&self) -> Result<Lsn>;
+
+    /// How far the local database has replayed WAL.
+    async fn replay_position(&self) -> Result<Replay>;
 
     /// Run the configured hooks of `kind`.
     async fn run_hook(&self, kind: HookKind, epoch: u64) -> Result<()>;
@@ -95,6 +111,14 @@ impl Actions for SiteActions {
 
     async fn promote(&self, epoch: u64, trigger: PromoteTrigger) -> Result<()> {
         self.database.promote(epoch, trigger).await
+    }
+
+    async fn final_lsn(&self) -> Result<Lsn> {
+        self.database.final_lsn().await
+    }
+
+    async fn replay_position(&self) -> Result<Replay> {
+        self.database.replay_position().await
     }
 
     async fn run_hook(&self, kind: HookKind, epoch: u64) -> Result<()> {

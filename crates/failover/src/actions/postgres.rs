@@ -10,6 +10,13 @@
 //!   and every other client session terminated, so that no transaction
 //!   begun before the fence goes on writing.
 //! * **unfence**: `default_transaction_read_only = off` and a reload.
+//! * **final position** (planned switchover, after the fence): the client
+//!   sessions are terminated again and waited for, so that no commit can
+//!   still be on its way; then `pg_current_wal_lsn()` is read, and when
+//!   `archive_mode` is on `pg_switch_wal()` closes the segment so that the
+//!   archiver ships it to a repository-fed standby.
+//! * **replay position**: `pg_is_in_recovery()` and
+//!   `pg_last_wal_replay_lsn()`.
 //!
 //! `default_transaction_read_only` is a default, not a lock: a client can
 //! still `SET transaction_read_only = off`. It stops ordinary application
@@ -19,7 +26,7 @@ use std::time::Duration;
 
 use sqlx::{Connection as _, PgConnection};
 
-use crate::policy::{FenceReason, PromoteTrigger};
+use crate::policy::{FenceReason, Lsn, PromoteTrigger, Replay};
 use crate::probe::postgres::{connect, error_text};
 use crate::{Error, Result};
 
@@ -167,6 +174,130 @@ impl PostgresActions {
     pub async fn fence(&self, reason: FenceReason) -> Result<()> {
         tracing::warn!(site = %self.site, ?reason, "fencing the database");
         self.set_read_only(true, "fence").await
+    }
+
+    /// The final WAL position of this fenced primary; see the module docs.
+    pub async fn final_lsn(&self) -> Result<Lsn> {
+        const ACTION: &str = "read the final WAL position";
+        let (mut conn, target) = self.conn(ACTION).await?;
+        if self.in_recovery(&mut conn, ACTION, &target).await? {
+            return Err(Error::Action {
+                action: ACTION,
+                target,
+                message: "the database is a standby, not the primary".into(),
+            });
+        }
+        // Sessions terminated by the fence may still be finishing a commit:
+        // terminate whatever is left (reconnected sessions are read-only)
+        // and wait until they are gone before reading the position.
+        let pids: Vec<i32> = self
+            .bounded(
+                ACTION,
+                &target,
+                sqlx::query_scalar(
+                    "SELECT pid FROM pg_stat_activity \
+                     WHERE datname IS NOT NULL AND pid <> pg_backend_pid() \
+                     AND backend_type = 'client backend'",
+                )
+                .fetch_all(&mut conn),
+            )
+            .await?;
+        // In the select list, not the WHERE clause: the planner may
+        // evaluate a WHERE condition before `pid <> pg_backend_pid()`.
+        self.bounded(
+            ACTION,
+            &target,
+            sqlx::query("SELECT pg_terminate_backend(p) FROM unnest($1::int[]) AS p")
+                .bind(&pids)
+                .execute(&mut conn),
+        )
+        .await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let alive: i64 = self
+                .bounded(
+                    ACTION,
+                    &target,
+                    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)")
+                        .bind(&pids)
+                        .fetch_one(&mut conn),
+                )
+                .await?;
+            if alive == 0 {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Action {
+                    action: ACTION,
+                    target,
+                    message: format!("{alive} terminated sessions did not end in time"),
+                });
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (lsn, archiving): (String, bool) = self
+            .bounded(
+                ACTION,
+                &target,
+                sqlx::query_as(
+                    "SELECT pg_current_wal_lsn()::text, current_setting('archive_mode') <> 'off'",
+                )
+                .fetch_one(&mut conn),
+            )
+            .await?;
+        let lsn: Lsn = lsn
+            .parse()
+            .map_err(|e: crate::policy::InvalidLsn| Error::Action {
+                action: ACTION,
+                target: target.clone(),
+                message: e.to_string(),
+            })?;
+        if archiving {
+            self.exec(&mut conn, ACTION, &target, "SELECT pg_switch_wal()")
+                .await?;
+        }
+        let _ = conn.close().await;
+        tracing::warn!(site = %self.site, %lsn, archiving, "final WAL position read");
+        Ok(lsn)
+    }
+
+    /// How far this database has replayed WAL.
+    pub async fn replay_position(&self) -> Result<Replay> {
+        const ACTION: &str = "read the replay position";
+        let (mut conn, target) = self.conn(ACTION).await?;
+        let (in_recovery, replayed): (bool, Option<String>) = self
+            .bounded(
+                ACTION,
+                &target,
+                sqlx::query_as("SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn()::text")
+                    .fetch_one(&mut conn),
+            )
+            .await?;
+        let _ = conn.close().await;
+        let replayed = replayed.and_then(|l| l.parse::<Lsn>().ok());
+        Ok(match (in_recovery, replayed) {
+            (true, Some(lsn)) => Replay::Standby(lsn),
+            (true, None) => Replay::Unknown,
+            (false, lsn) => Replay::NotReplaying(lsn),
+        })
+    }
+
+    /// Runs one query, bounded by the statement timeout.
+    async fn bounded<T>(
+        &self,
+        action: &'static str,
+        target: &str,
+        query: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, query).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.failed(action, target, &e)),
+            Err(_) => Err(Error::Action {
+                action,
+                target: target.to_owned(),
+                message: "query timed out".into(),
+            }),
+        }
     }
 
     /// Writable again.

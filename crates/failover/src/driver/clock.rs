@@ -26,6 +26,14 @@ use crate::policy::Millis;
 pub trait Clock: fmt::Debug + Send + Sync + 'static {
     /// The current reading.
     fn now(&self) -> Millis;
+
+    /// The wall-clock time, in milliseconds since the Unix epoch, if this
+    /// clock knows it. Only the cooldown guard uses it (stamped takeovers
+    /// let a restarted agent honour the cooldown), never the lease rules.
+    /// The default knows none.
+    fn unix_millis(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// `CLOCK_BOOTTIME` on Linux, `std::time::Instant` elsewhere; readings count
@@ -91,6 +99,14 @@ impl Clock for BootClock {
     fn now(&self) -> Millis {
         let _ = self.origin;
         Millis(crate::policy::ms(self.instant.elapsed()))
+    }
+
+    /// The system's wall clock.
+    fn unix_millis(&self) -> Option<u64> {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()
+            .map(crate::policy::ms)
     }
 }
 

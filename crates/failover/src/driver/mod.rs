@@ -9,11 +9,18 @@
 //!   bounded by the policy's `request_timeout`; their answers come back as
 //!   events. The policy took `t_send` when it issued the write, before the
 //!   request leaves, as the safety argument requires.
-//! * `Fence`, `Unfence`, `Promote`, `RunHook`, `RestartLocal`, `Alert` and
-//!   `ReleaseLease` go, in order, to one worker task that calls
-//!   [`Actions`]; a release is sent only after the fence before it has
-//!   returned. The loop itself never waits for I/O, so a slow promotion
-//!   cannot delay a renewal or the fence at the lease deadline.
+//! * `Fence`, `Unfence`, `Promote`, `CaptureFinalLsn`, `RunHook`,
+//!   `RestartLocal`, `Alert` and `ReleaseLease` go, in order, to one worker
+//!   task that calls [`Actions`]; a release or a final-position read is
+//!   sent only after the fence before it has returned. The outcomes of
+//!   `Promote`, `Unfence` and `CaptureFinalLsn` go back to the policy as
+//!   events: the site accepts traffic only once its database has answered
+//!   that it is open. The loop itself never waits for I/O, so a slow
+//!   promotion cannot delay a renewal or the fence at the lease deadline.
+//! * `ReadReplayPosition` runs as a concurrent task bounded by the request
+//!   timeout.
+//! * The wall clock ([`Clock::unix_millis`]) goes to the policy at start
+//!   and every [`WALL_CLOCK_EVERY`], for the cooldown stamps.
 //!
 //! The state goes out through a [`tokio::sync::watch`] channel
 //! ([`DriverHandle::subscribe`]). [`DriverHandle::may_accept_traffic`] is
@@ -69,14 +76,17 @@ pub use lease::{lease_store_config, read_lease};
 
 use crate::actions::Actions;
 use crate::policy::{
-    Action, AlertKind, Command, Event, Health, LeaseRecord, Millis, Policy, PolicyConfig, Role,
-    SiteIdentity,
+    Action, AlertKind, Command, Event, Health, LeaseRecord, Millis, Policy, PolicyConfig, Replay,
+    Role, SiteIdentity,
 };
 use crate::{Error, Result};
 
 /// The longest the driver sleeps between two looks at the clock (a cap on
 /// [`Policy::next_wakeup`], against timers that stop during suspend).
 pub const MAX_TICK: Duration = Duration::from_millis(250);
+
+/// How often the driver tells the policy the wall-clock time.
+pub const WALL_CLOCK_EVERY: Duration = Duration::from_secs(60);
 
 /// How long [`Driver::run_with`] waits for a release on shutdown, in
 /// request timeouts.
@@ -165,6 +175,11 @@ pub struct DriverState {
     pub takeover_in: Option<Duration>,
     /// Latest replication lag measurement.
     pub lag: Option<Duration>,
+    /// For the successor of a switchover: the old holder's final WAL
+    /// position that the local database must replay before it promotes.
+    pub awaiting_lsn: Option<crate::policy::Lsn>,
+    /// The latest replay position read while waiting for `awaiting_lsn`.
+    pub replayed_lsn: Option<crate::policy::Lsn>,
     /// The driver's clock when this was published.
     pub at: Millis,
     /// The latest alert.
@@ -187,6 +202,8 @@ impl DriverState {
             time_left: None,
             takeover_in: None,
             lag: None,
+            awaiting_lsn: None,
+            replayed_lsn: None,
             at: Millis::ZERO,
             last_alert: None,
         }
@@ -374,12 +391,23 @@ impl Driver {
         // own sender would keep `is_closed` false forever.
         let events_tx = self.inputs_tx.clone();
         let now = self.clock.now();
-        let actions = self.policy.start(now);
+        let mut actions = self.policy.start(now);
+        let mut wall_sent = now;
+        if let Some(unix_ms) = self.clock.unix_millis() {
+            actions.extend(self.policy.step(Event::WallClock { unix_ms }, now));
+        }
         self.dispatch(actions, &work_tx, &events_tx, None);
         self.publish(now, true);
         tokio::pin!(shutdown);
         loop {
             let now = self.clock.now();
+            if now >= wall_sent + WALL_CLOCK_EVERY
+                && let Some(unix_ms) = self.clock.unix_millis()
+            {
+                wall_sent = now;
+                let actions = self.policy.step(Event::WallClock { unix_ms }, now);
+                self.dispatch(actions, &work_tx, &events_tx, None);
+            }
             let wake = self.policy.next_wakeup(now);
             let sleep = wake.saturating_since(now).min(MAX_TICK);
             let input = tokio::select! {
@@ -483,6 +511,8 @@ impl Driver {
             time_left: s.time_left,
             takeover_in: s.takeover_in,
             lag: s.lag,
+            awaiting_lsn: s.awaiting_lsn,
+            replayed_lsn: s.replayed_lsn,
             at: now,
             last_alert,
         });
@@ -508,6 +538,26 @@ impl Driver {
                     tokio::spawn(async move {
                         let event = lease::read_event(cas, path, timeout).await;
                         let _ = tx.send(Input::Event(event)).await;
+                    });
+                }
+                Action::ReadReplayPosition => {
+                    let (actions, tx) = (Arc::clone(&self.actions), events.clone());
+                    tokio::spawn(async move {
+                        let replay =
+                            match tokio::time::timeout(timeout, actions.replay_position()).await {
+                                Ok(Ok(replay)) => replay,
+                                Ok(Err(error)) => {
+                                    tracing::warn!(%error, "cannot read the replay position");
+                                    Replay::Unknown
+                                }
+                                Err(_) => {
+                                    tracing::warn!("reading the replay position timed out");
+                                    Replay::Unknown
+                                }
+                            };
+                        let _ = tx
+                            .send(Input::Event(Event::ReplayPosition { replay }))
+                            .await;
                     });
                 }
                 Action::AcquireLease { .. } | Action::RenewLease { .. } => {
@@ -568,10 +618,32 @@ async fn worker(
     events: mpsc::Sender<Input>,
 ) {
     while let Some(action) = work.recv().await {
+        let answer = |event: Event| {
+            let events = events.clone();
+            async move {
+                let _ = events.send(Input::Event(event)).await;
+            }
+        };
         let result = match &action {
             Action::Fence { reason } => actions.fence(*reason).await,
-            Action::Unfence { epoch } => actions.unfence(*epoch).await,
-            Action::Promote { epoch, trigger } => actions.promote(*epoch, *trigger).await,
+            Action::Unfence { epoch } => {
+                let result = actions.unfence(*epoch).await;
+                let (epoch, ok) = (*epoch, result.is_ok());
+                answer(Event::UnfenceResult { epoch, ok }).await;
+                result
+            }
+            Action::Promote { epoch, trigger } => {
+                let result = actions.promote(*epoch, *trigger).await;
+                let (epoch, ok) = (*epoch, result.is_ok());
+                answer(Event::PromoteResult { epoch, ok }).await;
+                result
+            }
+            Action::CaptureFinalLsn => {
+                let result = actions.final_lsn().await;
+                let lsn = result.as_ref().ok().copied();
+                answer(Event::FinalLsn { lsn }).await;
+                result.map(|_| ())
+            }
             Action::RunHook { kind, epoch } => actions.run_hook(*kind, *epoch).await,
             Action::RestartLocal => actions.restart_local().await,
             Action::Alert {

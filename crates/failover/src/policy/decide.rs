@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::events::HookKind;
 use super::events::{Action, AlertKind, FenceReason, PromoteTrigger, Severity};
 use super::machine::{Pending, Policy, Purpose, alert, refuse};
-use super::{Health, LeaseRecord, Millis, RequestId, Version, WriteCondition, ms};
+use super::{Health, LeaseRecord, Lsn, Millis, RequestId, Version, WriteCondition, ms};
 use crate::config::FailoverMode;
 
 /// Delay before a failed lease request is retried.
@@ -22,19 +22,27 @@ impl Policy {
             .as_ref()
             .filter(|g| !g.is_valid(now))
             .map(|g| g.record.epoch);
-        if let (Some(epoch), false) = (expired, self.fenced) {
+        // Also fence a holder whose promotion or unfence is still running:
+        // the database it is opening must be closed again after it.
+        if let Some(epoch) = expired
+            && (!self.fenced || self.opens_issued != self.fence_mark)
+        {
+            let was_accepting = !self.fenced;
             self.fence(FenceReason::LeaseExpired, out);
-            alert(
-                out,
-                Severity::Critical,
-                AlertKind::Fenced,
-                format!(
-                    "{}: lease not renewed in time, fenced (epoch {epoch})",
-                    self.id.site
-                ),
-            );
+            if was_accepting {
+                alert(
+                    out,
+                    Severity::Critical,
+                    AlertKind::Fenced,
+                    format!(
+                        "{}: lease not renewed in time, fenced (epoch {epoch})",
+                        self.id.site
+                    ),
+                );
+            }
         }
         self.watchdog(now, out);
+        self.advance_promotion(now, out);
         self.maybe_renew(now, out);
         self.maybe_read(now, out);
         self.consider_takeover(now, out);
@@ -58,6 +66,11 @@ impl Policy {
         record.ttl_ms = ms(self.cfg.lease_ttl);
         record.margin_ms = ms(self.cfg.lease_margin);
         record.nonce = self.nonce();
+        if self.promotion_done() {
+            // The switchover's wait is over: a restarted agent need not
+            // wait again.
+            record.final_lsn = None;
+        }
         self.last_renew_sent = Some(now);
         self.renew_failed = false;
         self.send(
@@ -171,7 +184,10 @@ impl Policy {
         };
         if rec.released && rec.successor.as_deref() == Some(site.as_str()) {
             if self.local.is_healthy() {
-                let record = self.new_record(epoch, 0);
+                // The old holder's final WAL position travels on: the
+                // promotion waits for it, also after a restart of this agent.
+                let mut record = self.takeover_record(epoch, now);
+                record.final_lsn = rec.final_lsn;
                 self.send(
                     Purpose::Acquire(PromoteTrigger::Switchover),
                     record,
@@ -197,7 +213,7 @@ impl Policy {
                     ),
                 );
             } else {
-                let record = self.new_record(epoch, 0);
+                let record = self.takeover_record(epoch, now);
                 self.send(
                     Purpose::Acquire(PromoteTrigger::Operator { force }),
                     record,
@@ -229,12 +245,13 @@ impl Policy {
         } else if self
             .last_handover
             .is_some_and(|t| now < t + self.cfg.cooldown)
+            || self.cooldown_until.is_some_and(|t| now < t)
         {
             block(self, out, "cooldown after the previous handover".into());
         } else if !self.lag_ok(now) {
             block(self, out, self.lag_text(now));
         } else {
-            let record = self.new_record(epoch, 0);
+            let record = self.takeover_record(epoch, now);
             self.send(
                 Purpose::Acquire(PromoteTrigger::Automatic),
                 record,
@@ -282,7 +299,7 @@ impl Policy {
                     self.id.peer
                 ),
             );
-            self.release(FenceReason::LocalFailure, None, now, out);
+            self.release(FenceReason::LocalFailure, None, None, now, out);
         } else if self.grant.is_some() {
             self.alert_once(
                 out,
@@ -301,22 +318,28 @@ impl Policy {
 
     // ----- helpers --------------------------------------------------------
 
+    /// Fences this site, then writes the lease back released (to
+    /// `successor`, with the holder's `final_lsn` for a switchover).
     pub(super) fn release(
         &mut self,
         reason: FenceReason,
         successor: Option<String>,
+        final_lsn: Option<Lsn>,
         now: Millis,
         out: &mut Vec<Action>,
     ) {
         let Some(g) = self.grant.take() else { return };
+        self.handover = None;
+        self.promotion = None;
         self.fence(reason, out);
         let mut record = g.record.clone();
         record.renewals += 1;
         record.released = true;
         record.successor = successor.clone();
+        record.final_lsn = final_lsn;
         record.incarnation = self.id.incarnation;
         record.nonce = self.nonce();
-        self.releasing = Some((record.epoch, successor));
+        self.releasing = Some((record.epoch, successor, final_lsn));
         self.last_handover = Some(now);
         self.send(
             Purpose::Release,
@@ -327,11 +350,14 @@ impl Policy {
         );
     }
 
+    /// Stops accepting traffic: issues [`Action::Fence`] unless the site is
+    /// fenced already and no open of the database was issued since.
     pub(super) fn fence(&mut self, reason: FenceReason, out: &mut Vec<Action>) {
-        if self.fenced {
+        if self.fenced && self.opens_issued == self.fence_mark {
             return;
         }
         self.fenced = true;
+        self.fence_mark = self.opens_issued;
         out.push(Action::Fence { reason });
         let epoch = self.max_epoch_seen;
         out.push(Action::RunHook {
@@ -340,13 +366,19 @@ impl Policy {
         });
     }
 
+    /// Accepts traffic again once the database is open: lifts the fence of
+    /// a holder whose promotion is done and whose grant is valid, and
+    /// issues [`Action::Unfence`] when the latest fence came after the
+    /// latest open (a successful promotion opens the database itself).
     pub(super) fn unfence(&mut self, now: Millis, out: &mut Vec<Action>) {
         let Some(g) = &self.grant else { return };
-        if self.fenced && g.is_valid(now) {
-            self.fenced = false;
-            out.push(Action::Unfence {
-                epoch: g.record.epoch,
-            });
+        if !self.fenced || !g.is_valid(now) || !self.promotion_done() {
+            return;
+        }
+        let epoch = g.record.epoch;
+        self.fenced = false;
+        if !self.db_open() && !self.opens_pending() {
+            self.issue_open(Action::Unfence { epoch }, out);
         }
     }
 
@@ -401,6 +433,14 @@ impl Policy {
         n
     }
 
+    /// The record of a takeover from the other site: epoch `epoch`,
+    /// stamped with the wall clock (for the cooldown after a restart).
+    pub(super) fn takeover_record(&mut self, epoch: u64, now: Millis) -> LeaseRecord {
+        let mut record = self.new_record(epoch, 0);
+        record.taken_at_ms = self.wall_at(now);
+        record
+    }
+
     pub(super) fn new_record(&mut self, epoch: u64, renewals: u64) -> LeaseRecord {
         LeaseRecord {
             format: 1,
@@ -413,6 +453,8 @@ impl Policy {
             margin_ms: ms(self.cfg.lease_margin),
             released: false,
             successor: None,
+            final_lsn: None,
+            taken_at_ms: None,
         }
     }
 

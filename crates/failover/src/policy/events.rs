@@ -3,7 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::{Health, LeaseRecord, Millis, RequestId, Target, Version, WriteCondition};
+use super::{Health, LeaseRecord, Lsn, Millis, Replay, RequestId, Target, Version, WriteCondition};
 
 /// Something the driver observed, fed to [`Policy::step`](super::Policy::step)
 /// together with the time it was observed.
@@ -45,6 +45,41 @@ pub enum Event {
     },
     /// An operator command.
     Command(Command),
+    /// The answer to [`Action::Promote`]: whether the database is now a
+    /// writable primary with `epoch` recorded.
+    PromoteResult {
+        /// The epoch of the action answered.
+        epoch: u64,
+        /// Whether the promotion succeeded.
+        ok: bool,
+    },
+    /// The answer to [`Action::Unfence`]: whether the database accepts
+    /// writes again.
+    UnfenceResult {
+        /// The epoch of the action answered.
+        epoch: u64,
+        /// Whether the unfence succeeded.
+        ok: bool,
+    },
+    /// The answer to [`Action::CaptureFinalLsn`]: the final WAL position of
+    /// this fenced database, `None` when it could not be read.
+    FinalLsn {
+        /// The position, read after the fence.
+        lsn: Option<Lsn>,
+    },
+    /// The answer to [`Action::ReadReplayPosition`].
+    ReplayPosition {
+        /// How far the local database has replayed.
+        replay: Replay,
+    },
+    /// The wall-clock time at `now`, in milliseconds since the Unix epoch.
+    /// Drivers send it at start and now and then. It only stamps takeovers
+    /// into the lease record and judges the cooldown after a restart; the
+    /// lease rules never use it.
+    WallClock {
+        /// Milliseconds since 1970-01-01T00:00:00Z.
+        unix_ms: u64,
+    },
 }
 
 /// An operator command.
@@ -53,15 +88,28 @@ pub enum Command {
     /// Take the lease over at this site as soon as the current one has
     /// expired or been released, whatever the mode. Refused beyond
     /// `max_data_loss` unless `force`. Given to the site that is to take over.
+    ///
+    /// With `force`, also given to a successor of a switchover that holds
+    /// the lease but waits for the old holder's final WAL position: it
+    /// promotes at once with what it has replayed.
     Failover {
         /// Override the data-loss guard.
         force: bool,
     },
-    /// Planned handover: the holder fences itself and releases the lease to
-    /// `to`, which takes it at once. Given to the current holder.
+    /// Planned handover, with no committed data lost: the holder fences
+    /// itself, reads its final WAL position, and releases the lease to `to`
+    /// with that position in the record. `to` takes the lease at once but
+    /// promotes only once its database has replayed up to that position
+    /// (see [`PolicyConfig::switchover_timeout`](super::PolicyConfig) for
+    /// what happens when it does not). Given to the current holder.
     Switchover {
         /// The site that is to take over.
         to: String,
+        /// When the final WAL position cannot be read (the holder's
+        /// database is down), hand the lease over without it instead of
+        /// abandoning the switchover: `to` then promotes at once with what
+        /// it has, and transactions it has not replayed are lost.
+        force: bool,
     },
     /// Step down (the agent's clean shutdown): a holder fences itself, then
     /// writes the lease back released with no successor, so that the peer
@@ -124,12 +172,15 @@ pub enum PromoteTrigger {
         /// The data-loss guard was overridden.
         force: bool,
     },
-    /// The holder handed the lease to this site (switchover). The driver
-    /// waits until the old primary's final WAL position is replayed before
-    /// promoting, so no committed data is lost.
+    /// The holder handed the lease to this site (switchover). The policy
+    /// issues the promotion only once the local database has replayed the
+    /// old holder's final WAL position (the record's `final_lsn`), so no
+    /// committed data is lost.
     Switchover,
     /// A restarted agent re-took the lease its previous incarnation held;
-    /// the epoch is unchanged and the database already primary.
+    /// the epoch is unchanged and the database usually primary already
+    /// (when the record still names a `final_lsn`, the previous incarnation
+    /// had not finished a switchover's wait: the wait starts again).
     Reclaim,
 }
 
@@ -160,8 +211,26 @@ pub enum AlertKind {
     Fenced,
     /// A fenced holder renewed in time again and accepts traffic again.
     Unfenced,
-    /// This site took the lease and is being promoted.
+    /// This site created the lease, or took back the lease an earlier
+    /// incarnation of its agent held: no change of holder, no promotion.
+    Acquired,
+    /// This site took the lease over from the other site and its database
+    /// has been promoted: it accepts traffic.
     Promoted,
+    /// The promotion (or the unfence) of the local database failed; it is
+    /// retried.
+    PromotionFailed,
+    /// The successor of a switchover replayed the old holder's final WAL
+    /// position: its promotion begins.
+    Replayed,
+    /// The successor of a switchover holds the lease but has not replayed
+    /// the old holder's final WAL position within `switchover_timeout`, or
+    /// its database cannot replay WAL at all: it does not promote until it
+    /// has, or until an operator forces it.
+    SwitchoverStalled,
+    /// A switchover was abandoned by the holder (its final WAL position
+    /// could not be read); it keeps the lease and accepts traffic again.
+    SwitchoverAborted,
     /// The lease expired or was released and this site would take over, but
     /// the mode is `manual`: waiting for an operator's `failover`.
     FailoverNeeded,
@@ -227,7 +296,9 @@ pub enum Action {
         /// The version this site wrote last.
         expected: Version,
     },
-    /// Promote the local database and record `epoch` in it.
+    /// Promote the local database and record `epoch` in it; answer with
+    /// [`Event::PromoteResult`]. The site accepts traffic only after a
+    /// successful answer.
     Promote {
         /// The fencing token to record.
         epoch: u64,
@@ -239,7 +310,9 @@ pub enum Action {
         /// Why.
         reason: FenceReason,
     },
-    /// Accept traffic again (this site holds the lease at `epoch`).
+    /// Make the database writable again (this site holds the lease at
+    /// `epoch`); answer with [`Event::UnfenceResult`]. The site accepts
+    /// traffic only after a successful answer.
     Unfence {
         /// The epoch under which traffic is accepted.
         epoch: u64,
@@ -251,6 +324,16 @@ pub enum Action {
         /// The lease epoch, for the hooks' environment.
         epoch: u64,
     },
+    /// Read the final WAL position of the local database, which was just
+    /// fenced (after waiting for the terminated sessions to end, and with a
+    /// WAL segment switch when archiving is on, so that a repository-fed
+    /// standby can fetch the last segment); answer with
+    /// [`Event::FinalLsn`]. Always preceded by [`Action::Fence`]: the
+    /// driver must complete the fence first.
+    CaptureFinalLsn,
+    /// Read how far the local database has replayed; answer with
+    /// [`Event::ReplayPosition`].
+    ReadReplayPosition,
     /// The watchdog asks for the local service to be restarted.
     RestartLocal,
     /// Tell a human.
@@ -300,6 +383,10 @@ pub enum Role {
     FencedHolder,
     /// A takeover write is in flight.
     Acquiring,
+    /// Holds the lease, but its database is not open for traffic yet: it
+    /// waits to replay the old holder's final WAL position, or the
+    /// promotion is running.
+    Promoting,
     /// Does not hold the lease.
     Standby,
 }
@@ -310,6 +397,7 @@ impl fmt::Display for Role {
             Role::Primary => "primary",
             Role::FencedHolder => "fenced-holder",
             Role::Acquiring => "acquiring",
+            Role::Promoting => "promoting",
             Role::Standby => "standby",
         })
     }
@@ -338,4 +426,9 @@ pub struct Status {
     pub takeover_in: Option<Duration>,
     /// The latest lag measurement.
     pub lag: Option<Duration>,
+    /// For the successor of a switchover: the final WAL position of the
+    /// old holder that the local database must replay before it promotes.
+    pub awaiting_lsn: Option<Lsn>,
+    /// The latest replay position read while waiting for `awaiting_lsn`.
+    pub replayed_lsn: Option<Lsn>,
 }

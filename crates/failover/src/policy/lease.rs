@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Millis, ms};
+use super::{Lsn, Millis, ms};
 
 /// The compare-and-swap token of `lease/active.json` (an ETag or the
 /// store's version id). Opaque: only compared for equality, never ordered.
@@ -79,6 +79,22 @@ pub struct LeaseRecord {
     /// For a planned switchover: the site the holder hands the lease to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successor: Option<String>,
+    /// For a planned switchover: the old holder's final WAL position, read
+    /// after it fenced itself. The successor copies it into the record it
+    /// takes the lease with and promotes only once its database has
+    /// replayed up to it; its renewals drop it once the promotion is done
+    /// (so that a restarted agent knows whether it still has to wait).
+    /// Absent in records of older versions: the successor then promotes at
+    /// once, as they did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_lsn: Option<Lsn>,
+    /// When this epoch's holder took the lease over from another site, in
+    /// milliseconds since the Unix epoch on the writer's wall clock; absent
+    /// when the lease was created. Only the cooldown guard reads it (a
+    /// restarted agent still honours the cooldown); the lease rules never
+    /// do, so a wrong wall clock can shift the cooldown, never safety.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at_ms: Option<u64>,
 }
 
 fn format_one() -> u32 {
@@ -201,6 +217,8 @@ mod tests {
             margin_ms: 1000,
             released: false,
             successor: None,
+            final_lsn: None,
+            taken_at_ms: None,
         }
     }
 
@@ -210,7 +228,27 @@ mod tests {
         let bytes = r.to_json().expect("encode");
         assert_eq!(LeaseRecord::from_json(&bytes).expect("decode"), r);
         let text = String::from_utf8(bytes).expect("utf8");
-        assert!(!text.contains("successor"), "{text}");
+        for absent in ["successor", "final_lsn", "taken_at_ms"] {
+            assert!(!text.contains(absent), "{text}");
+        }
+        let handed = LeaseRecord {
+            released: true,
+            successor: Some("spare".into()),
+            final_lsn: Some(Lsn(0x300_0060)),
+            taken_at_ms: Some(1_700_000_000_000),
+            ..record()
+        };
+        let text = String::from_utf8(handed.to_json().expect("encode")).expect("utf8");
+        assert!(text.contains(r#""final_lsn": "0/3000060""#), "{text}");
+        assert_eq!(
+            LeaseRecord::from_json(text.as_bytes()).expect("decode"),
+            handed
+        );
+        // A record written before these fields existed still reads.
+        let old = br#"{"format":1,"holder":"primary","epoch":3,"renewals":7,"incarnation":42,
+            "nonce":9,"ttl_ms":6000,"margin_ms":1000,"released":true,"successor":"spare"}"#;
+        let r = LeaseRecord::from_json(old).expect("old record");
+        assert_eq!((r.final_lsn, r.taken_at_ms), (None, None));
         let newer = br#"{"holder":"spare","epoch":4,"renewals":0,"incarnation":1,"nonce":1,
             "ttl_ms":6000,"margin_ms":1000,"released":true,"successor":"primary","future":1}"#;
         let r = LeaseRecord::from_json(newer).expect("unknown fields ignored");

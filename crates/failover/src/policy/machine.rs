@@ -3,11 +3,12 @@
 use std::time::Duration;
 
 use super::events::{
-    Action, AlertKind, Command, Event, FenceReason, HookKind, PromoteTrigger, Role, Severity,
-    Status, WriteOutcome,
+    Action, AlertKind, Command, Event, FenceReason, PromoteTrigger, Role, Severity, Status,
+    WriteOutcome,
 };
+use super::promote::{Handover, Promotion};
 use super::{
-    Grant, Health, HealthTracker, LeaseRecord, Millis, PolicyConfig, RequestId, SiteIdentity,
+    Grant, Health, HealthTracker, LeaseRecord, Lsn, Millis, PolicyConfig, RequestId, SiteIdentity,
     Target, Version, Watch, WriteCondition, holder_safe_until,
 };
 use crate::config::InvalidFailoverConfig;
@@ -39,7 +40,10 @@ pub(super) struct Pending {
 /// traffic is to be admitted (the agent's `/active` endpoint does).
 ///
 /// A new policy starts fenced, as a standby that knows nothing: a restarted
-/// agent never assumes it holds the lease.
+/// agent never assumes it holds the lease. Holding the lease is not enough
+/// to accept traffic: the database must also have been opened for it (a
+/// successful answer to the latest [`Action::Promote`] or
+/// [`Action::Unfence`], issued after the latest [`Action::Fence`]).
 #[derive(Debug, Clone)]
 pub struct Policy {
     pub(super) cfg: PolicyConfig,
@@ -50,9 +54,9 @@ pub struct Policy {
     pub(super) paused: bool,
     /// The lease this site holds (its latest successful write), if any.
     pub(super) grant: Option<Grant>,
-    /// The epoch and successor of a release this site sent but has not
-    /// seen land.
-    pub(super) releasing: Option<(u64, Option<String>)>,
+    /// The epoch, successor and final WAL position of a release this site
+    /// sent but has not seen land.
+    pub(super) releasing: Option<(u64, Option<String>, Option<Lsn>)>,
     /// The epoch this site stepped down from ([`Command::Release`]): it
     /// does not take that epoch's released lease back on its own.
     pub(super) stepped_down: Option<u64>,
@@ -78,6 +82,25 @@ pub struct Policy {
     pub(super) last_restart: Option<Millis>,
     /// The last "blocked"/"waiting" alert, to raise it once per version.
     pub(super) last_alert: Option<(AlertKind, Option<Version>)>,
+    /// How far the promotion for the lease this site holds has come.
+    pub(super) promotion: Option<Promotion>,
+    /// A switchover this holder began: waiting for its final WAL position.
+    pub(super) handover: Option<Handover>,
+    /// Database "open" actions ([`Action::Promote`], [`Action::Unfence`])
+    /// issued and answered; the driver carries them out in order.
+    pub(super) opens_issued: u64,
+    pub(super) opens_answered: u64,
+    /// The latest answered open failed.
+    pub(super) open_failed: bool,
+    /// `opens_issued` when the latest [`Action::Fence`] was issued: an open
+    /// issued before it has been undone by it.
+    pub(super) fence_mark: u64,
+    /// When to retry a failed open.
+    pub(super) reopen_at: Option<Millis>,
+    /// A wall-clock reading (Unix ms) and the local time it was taken at.
+    pub(super) wall: Option<(u64, Millis)>,
+    /// The cooldown learnt from a takeover stamp in the lease record.
+    pub(super) cooldown_until: Option<Millis>,
 }
 
 impl Policy {
@@ -113,6 +136,15 @@ impl Policy {
             restarts_done: 0,
             last_restart: None,
             last_alert: None,
+            promotion: None,
+            handover: None,
+            opens_issued: 0,
+            opens_answered: 0,
+            open_failed: false,
+            fence_mark: 0,
+            reopen_at: None,
+            wall: None,
+            cooldown_until: None,
         })
     }
 
@@ -154,6 +186,11 @@ impl Policy {
             }
             Event::ReplicationLag { lag, measured_at } => self.lag = Some((lag, measured_at)),
             Event::Command(c) => self.on_command(c, now, &mut out),
+            Event::PromoteResult { epoch, ok } => self.on_promoted(epoch, ok, now, &mut out),
+            Event::UnfenceResult { epoch, ok } => self.on_unfenced(epoch, ok, now, &mut out),
+            Event::FinalLsn { lsn } => self.on_final_lsn(lsn, now, &mut out),
+            Event::ReplayPosition { replay } => self.on_replay(replay, now, &mut out),
+            Event::WallClock { unix_ms } => self.wall = Some((unix_ms, now)),
         }
         self.poll(now, &mut out);
         out
@@ -161,15 +198,18 @@ impl Policy {
 
     /// Whether this site may accept live traffic at `now`: it holds the
     /// lease by the holder's rule (`now < t_send + ttl - margin` of its
-    /// latest successful write) and is not fenced.
+    /// latest successful write), is not fenced, and its database has been
+    /// promoted for this lease and opened since the latest fence.
     pub fn may_accept_traffic(&self, now: Millis) -> bool {
-        !self.fenced && self.grant.as_ref().is_some_and(|g| g.is_valid(now))
+        self.accepting_until().is_some_and(|until| now < until)
     }
 
     /// The end (exclusive) of the current right to accept traffic, if any.
     pub fn accepting_until(&self) -> Option<Millis> {
         match &self.grant {
-            Some(g) if !self.fenced => Some(g.safe_until),
+            Some(g) if !self.fenced && self.db_open() && self.promotion_done() => {
+                Some(g.safe_until)
+            }
             _ => None,
         }
     }
@@ -184,6 +224,8 @@ impl Policy {
         if self.grant.is_some() {
             if self.may_accept_traffic(now) {
                 Role::Primary
+            } else if !self.promotion_done() {
+                Role::Promoting
             } else {
                 Role::FencedHolder
             }
@@ -246,6 +288,8 @@ impl Policy {
                     .saturating_since(now)
             }),
             lag: self.lag.map(|(l, _)| l),
+            awaiting_lsn: self.awaiting().map(|w| w.lsn),
+            replayed_lsn: self.awaiting().and_then(|w| w.replayed),
         }
     }
 
@@ -279,6 +323,9 @@ impl Policy {
         }
         if let Some(t) = self.last_restart {
             consider(t + self.cfg.watchdog_grace);
+        }
+        for t in self.promotion_wakeups() {
+            consider(t);
         }
         at
     }
@@ -331,7 +378,9 @@ impl Policy {
                 );
             }
             Command::Failover { force } => {
-                if self.grant.is_some() {
+                if self.awaiting().is_some() {
+                    self.force_promotion(force, now, out);
+                } else if self.grant.is_some() {
                     refuse(
                         out,
                         format!(
@@ -378,9 +427,9 @@ impl Policy {
                 );
                 self.stepped_down = Some(epoch);
                 self.operator_failover = None;
-                self.release(FenceReason::StepDown, None, now, out);
+                self.release(FenceReason::StepDown, None, None, now, out);
             }
-            Command::Switchover { to } => {
+            Command::Switchover { to, force } => {
                 if to != self.id.peer {
                     refuse(
                         out,
@@ -401,14 +450,13 @@ impl Policy {
                             self.peer.health()
                         ),
                     );
-                } else {
-                    alert(
+                } else if self.handover.is_some() {
+                    refuse(
                         out,
-                        Severity::Warning,
-                        AlertKind::CommandAccepted,
-                        format!("switchover from {site} to {to}: fencing and releasing the lease"),
+                        format!("switchover refused: a switchover from {site} is in progress"),
                     );
-                    self.release(FenceReason::Switchover, Some(to), now, out);
+                } else {
+                    self.begin_handover(to, force, now, out);
                 }
             }
         }
@@ -490,7 +538,7 @@ impl Policy {
         {
             return; // a stale answer, overtaken by a newer one
         }
-        if let Some((epoch, successor)) = self.releasing.clone() {
+        if let Some((epoch, successor, final_lsn)) = self.releasing.clone() {
             let unreleased_ours = record.holder == self.id.site
                 && record.incarnation == self.id.incarnation
                 && record.epoch == epoch
@@ -501,6 +549,7 @@ impl Policy {
                 released.renewals += 1;
                 released.released = true;
                 released.successor = successor;
+                released.final_lsn = final_lsn;
                 released.nonce = self.nonce();
                 self.send(
                     Purpose::Release,
@@ -517,6 +566,7 @@ impl Policy {
     }
 
     fn observe(&mut self, version: Version, record: LeaseRecord, now: Millis) {
+        self.learn_cooldown(&record, now);
         if record.epoch > self.max_epoch_seen {
             if self.max_epoch_seen > 0 {
                 self.last_handover = Some(now);
@@ -586,6 +636,7 @@ impl Policy {
                     return;
                 }
                 let epoch = p.record.epoch;
+                let final_lsn = p.record.final_lsn;
                 self.grant = Some(Grant {
                     version,
                     record: p.record,
@@ -596,24 +647,10 @@ impl Policy {
                 self.watch = None;
                 self.operator_failover = None;
                 self.last_alert = None;
-                out.push(Action::Promote { epoch, trigger });
                 if trigger != PromoteTrigger::Reclaim {
                     self.last_handover = Some(now);
-                    out.push(Action::RunHook {
-                        kind: HookKind::OnPromote,
-                        epoch,
-                    });
                 }
-                alert(
-                    out,
-                    Severity::Warning,
-                    AlertKind::Promoted,
-                    format!(
-                        "{} holds the lease at epoch {epoch} ({trigger:?})",
-                        self.id.site
-                    ),
-                );
-                self.unfence(now, out);
+                self.begin_promotion(epoch, trigger, final_lsn, now, out);
             }
             Purpose::Renew => {
                 let Some(g) = &mut self.grant else { return };
@@ -624,7 +661,8 @@ impl Policy {
                 g.record = p.record;
                 g.safe_until = g.safe_until.max(safe_until);
                 self.renew_failed = false;
-                if self.fenced && g.is_valid(now) {
+                let valid = g.is_valid(now);
+                if self.fenced && valid && self.promotion_done() {
                     alert(
                         out,
                         Severity::Warning,

@@ -17,7 +17,11 @@
 //!   the opaque compare-and-swap token (an ETag) of the object.
 //! * [`Policy`]: roles, modes, guards, the watchdog, and the query
 //!   [`Policy::may_accept_traffic`] on which the whole safety argument
-//!   rests (`docs/failover-safety.md`).
+//!   rests (`docs/failover-safety.md`). It is true only once the database
+//!   answered that it is open (promoted, or unfenced after a fence).
+//! * [`Lsn`] and [`Replay`]: WAL positions for the planned switchover, in
+//!   which the successor promotes only once it has replayed the old
+//!   holder's final position ([`LeaseRecord::final_lsn`]).
 //!
 //! The key rules, from `DESIGN.md`:
 //!
@@ -52,7 +56,9 @@ mod decide;
 mod events;
 mod health;
 mod lease;
+mod lsn;
 mod machine;
+mod promote;
 
 use std::fmt;
 use std::ops::{Add, Sub};
@@ -67,6 +73,7 @@ pub use lease::{
     Grant, LeaseFormatError, LeaseRecord, RequestId, Version, Watch, WriteCondition,
     holder_safe_until, takeover_wait,
 };
+pub use lsn::{InvalidLsn, Lsn, Replay};
 pub use machine::Policy;
 
 use crate::config::{FailoverConfig, FailoverMode, InvalidFailoverConfig};
@@ -122,6 +129,12 @@ impl fmt::Display for Millis {
 pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
+
+/// The default [`PolicyConfig::switchover_timeout`]: time enough for a
+/// repository-fed standby to fetch the last, switched WAL segment (the
+/// archiver pushes it, `restore_command` polls every
+/// `wal_retrieve_retry_interval`, 5 s by default) and replay it.
+pub const SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Who this policy instance is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +212,14 @@ pub struct PolicyConfig {
     /// Bound on the rate difference between any site's monotonic clock and
     /// true time, in parts per million (10 000 = 1 %).
     pub max_clock_drift_ppm: u32,
+    /// Planned switchover: how long the old holder may take to read its
+    /// final WAL position before it abandons the switchover (and accepts
+    /// traffic again), and how long the successor waits to replay that
+    /// position before it raises a critical alert. Past it the successor
+    /// still does not promote on its own: it keeps the lease, keeps waiting
+    /// and promotes as soon as the position is replayed, or when an
+    /// operator forces it (`warmspare failover --to SITE --force`).
+    pub switchover_timeout: Duration,
 }
 
 impl Default for PolicyConfig {
@@ -214,7 +235,7 @@ impl PolicyConfig {
     /// `ttl - margin - renew_interval` (2.5 s for a 6 s lease: a renewal
     /// stalled that long still lands before the holder's deadline), one
     /// watchdog restart with a grace of five probe intervals, clock drift
-    /// bound 1 %.
+    /// bound 1 %, a switchover timeout of [`SWITCHOVER_TIMEOUT`].
     pub fn from_failover(c: &FailoverConfig) -> Self {
         let ttl = c.lease_ttl;
         PolicyConfig {
@@ -231,6 +252,7 @@ impl PolicyConfig {
             watchdog_restarts: 1,
             watchdog_grace: c.interval * 5,
             max_clock_drift_ppm: 10_000,
+            switchover_timeout: SWITCHOVER_TIMEOUT,
         }
     }
 
@@ -284,6 +306,9 @@ impl PolicyConfig {
         }
         if self.healthy_threshold == 0 {
             return invalid("healthy_threshold", "must be at least 1".into());
+        }
+        if self.switchover_timeout.is_zero() {
+            return invalid("switchover_timeout", "must be greater than zero".into());
         }
         Ok(())
     }

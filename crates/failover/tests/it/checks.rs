@@ -8,7 +8,12 @@ use crate::world::{Interval, NAMES, Promotion, World};
 
 impl World {
     pub(crate) fn promoted(&mut self, s: usize, epoch: u64, trigger: PromoteTrigger) {
-        let ok = if trigger == PromoteTrigger::Reclaim {
+        // A retry after a failed promotion repeats the same site and epoch.
+        let retry = self
+            .promotions
+            .last()
+            .is_some_and(|p| p.site == s && p.epoch == epoch);
+        let ok = if trigger == PromoteTrigger::Reclaim || retry {
             epoch >= self.max_epoch_promoted
         } else {
             epoch > self.max_epoch_promoted
@@ -20,6 +25,31 @@ impl World {
             ));
         }
         self.max_epoch_promoted = self.max_epoch_promoted.max(epoch);
+        // A promotion while the lease this site holds names the old
+        // primary's final position (a switchover, or a restarted agent's
+        // reclaim during its wait) comes only once that position, and every
+        // write of the old primary (fenced by now), has been replayed here;
+        // a forced one excepted. A forced switchover whose final position
+        // could not be read names none.
+        let (replayed, final_wal) = (self.sites[s].replayed, self.sites[1 - s].wal);
+        let named = self
+            .register
+            .as_ref()
+            .filter(|(_, r)| r.holder == NAMES[s] && r.epoch == epoch && !r.released)
+            .and_then(|(_, r)| r.final_lsn);
+        if let Some(lsn) = named
+            && trigger != (PromoteTrigger::Operator { force: true })
+            && (replayed < lsn.0 || replayed < final_wal)
+        {
+            self.violation(format!(
+                "{} promoted ({trigger:?}) having replayed up to {replayed}, before the final \
+                 position {lsn} named in its lease or the old primary's last write {final_wal}",
+                NAMES[s]
+            ));
+        }
+        if trigger == PromoteTrigger::Switchover && named.is_none() {
+            self.log(format!("{} promoted by a forced switchover", NAMES[s]));
+        }
         self.promotions.push(Promotion {
             at: self.now,
             site: s,
@@ -51,6 +81,12 @@ impl World {
     /// The invariant check at true time `now`, after an event.
     pub(crate) fn check(&mut self) {
         let t = self.now;
+        // A site that accepts traffic writes until now or its deadline.
+        for site in &mut self.sites {
+            if site.acc.start.is_some() {
+                site.wal = site.wal.max(t.min(site.acc.until));
+            }
+        }
         let mut state = [(false, 0u64, 0u64); 2];
         for (s, st) in state.iter_mut().enumerate() {
             let site = &self.sites[s];

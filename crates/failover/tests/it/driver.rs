@@ -96,7 +96,8 @@ async fn primary_holds_spare_takes_over_after_kill_and_never_overlaps() {
         seen.contains(&Seen::Promote(1, PromoteTrigger::Initial)),
         "{seen:?}"
     );
-    assert!(seen.contains(&Seen::Unfence(1)), "{seen:?}");
+    // The promotion opened the database: no separate unfence.
+    assert!(!seen.contains(&Seen::Unfence(1)), "{seen:?}");
 
     primary.kill().await;
     feeders[0].abort();
@@ -137,6 +138,7 @@ async fn commands_are_answered_and_a_stopped_driver_refuses_them() {
         .handle
         .command(Command::Switchover {
             to: "elsewhere".into(),
+            force: false,
         })
         .await
         .unwrap();
@@ -235,12 +237,153 @@ async fn a_holder_run_with_release_steps_down_on_shutdown() {
     );
     assert_eq!(spare.handle.current_epoch(), Some(2));
     let seen = pa.seen();
-    let unfenced = seen.iter().position(|s| *s == Seen::Unfence(1)).unwrap();
+    let unfenced = seen.iter().position(|s| *s == Seen::Promoted(1)).unwrap();
     let fenced = seen
         .iter()
         .position(|s| *s == Seen::Fence(FenceReason::StepDown))
         .unwrap();
     assert!(unfenced < fenced, "{seen:?}");
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    monitor.abort();
+    for f in feeders {
+        f.abort();
+    }
+}
+
+/// `/active` answers from `may_accept_traffic`: it must not say yes before
+/// the promotion returned (the database takes writes), and the initial
+/// acquisition is reported as `Acquired`, not as a promotion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_is_admitted_only_after_the_promotion_returned() {
+    use warmspare_failover::policy::AlertKind;
+
+    let cas = memory_cas();
+    let policy = fast_policy(Duration::from_millis(1200));
+    let pa = Recorder::default();
+    *pa.promote_delay.lock().unwrap() = Duration::from_millis(700);
+    let primary = start_driver(policy, "primary", "spare", true, cas, Arc::new(pa.clone()));
+    let feeder = feed(primary.handle.clone());
+    // Sample the gate: whenever it is open, the promotion has returned.
+    let (handle, seen) = (primary.handle.clone(), pa.clone());
+    let sampler = tokio::spawn(async move {
+        let mut early = 0;
+        loop {
+            if handle.may_accept_traffic() && !seen.seen().contains(&Seen::Promoted(1)) {
+                early += 1;
+            }
+            if seen.seen().contains(&Seen::Promoted(1)) && handle.may_accept_traffic() {
+                return early;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    assert!(
+        wait_for(Duration::from_secs(5), async || pa
+            .seen()
+            .contains(&Seen::Promote(1, PromoteTrigger::Initial)))
+        .await
+    );
+    // The lease is held, the promotion runs: not active yet.
+    let state = primary.handle.state();
+    assert_eq!(state.epoch, Some(1), "{state:?}");
+    assert_eq!(state.role, Role::Promoting, "{state:?}");
+    assert!(!primary.handle.may_accept_traffic());
+    let early = tokio::time::timeout(Duration::from_secs(5), sampler)
+        .await
+        .expect("the site became active")
+        .unwrap();
+    assert_eq!(early, 0, "active before the promotion returned");
+    assert_eq!(primary.handle.state().role, Role::Primary);
+    let (kind, message) = primary.handle.state().last_alert.expect("an alert");
+    assert_eq!(kind, AlertKind::Acquired, "{message}");
+    feeder.abort();
+}
+
+/// The driver carries the switchover's new actions: the holder's final
+/// position goes into the released record, and the successor holds the
+/// lease without promoting until its database reports that position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_successor_holds_the_lease_until_it_replayed_the_final_position() {
+    use warmspare_failover::policy::{FenceReason, Lsn, Replay};
+
+    let cas = memory_cas();
+    let policy = fast_policy(Duration::from_millis(1200));
+    let (pa, sa) = (Recorder::default(), Recorder::default());
+    *pa.final_lsn.lock().unwrap() = Some(Lsn(0x300_0060));
+    *sa.replay.lock().unwrap() = Replay::Standby(Lsn(0x300_0000));
+    let primary = start_driver(
+        policy.clone(),
+        "primary",
+        "spare",
+        true,
+        Arc::clone(&cas),
+        Arc::new(pa.clone()),
+    );
+    let spare = start_driver(
+        policy,
+        "spare",
+        "primary",
+        false,
+        Arc::clone(&cas),
+        Arc::new(sa.clone()),
+    );
+    let (overlaps, monitor) = overlap_monitor(primary.handle.clone(), spare.handle.clone());
+    let feeders = [feed(primary.handle.clone()), feed(spare.handle.clone())];
+    assert!(
+        wait_for(Duration::from_secs(5), async || primary
+            .handle
+            .may_accept_traffic())
+        .await
+    );
+    healthy(&primary.handle, Target::Peer).await;
+    let reply = primary
+        .handle
+        .command(Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, warmspare_failover::driver::CommandReply::Accepted(_)),
+        "{reply:?}"
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), async || spare.handle.state().epoch
+            == Some(2))
+        .await,
+        "{:?}",
+        spare.handle.state()
+    );
+    // Held, not promoted, while the database is behind.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let state = spare.handle.state();
+    assert_eq!(state.role, Role::Promoting, "{state:?}");
+    assert_eq!(state.awaiting_lsn, Some(Lsn(0x300_0060)));
+    assert_eq!(state.replayed_lsn, Some(Lsn(0x300_0000)));
+    assert!(!spare.handle.may_accept_traffic());
+    assert!(!sa.seen().iter().any(|s| matches!(s, Seen::Promote(..))));
+    let seen = pa.seen();
+    let fenced = seen
+        .iter()
+        .position(|s| *s == Seen::Fence(FenceReason::Switchover))
+        .unwrap();
+    let captured = seen.iter().position(|s| *s == Seen::FinalLsn).unwrap();
+    assert!(fenced < captured, "{seen:?}");
+    // The database catches up: promoted and active.
+    *sa.replay.lock().unwrap() = Replay::Standby(Lsn(0x300_0060));
+    assert!(
+        wait_for(Duration::from_secs(5), async || spare
+            .handle
+            .may_accept_traffic())
+        .await
+    );
+    assert_eq!(spare.handle.current_epoch(), Some(2));
+    assert!(
+        sa.seen()
+            .contains(&Seen::Promote(2, PromoteTrigger::Switchover))
+    );
+    assert!(!primary.handle.may_accept_traffic());
     assert_eq!(*overlaps.lock().unwrap(), 0);
     monitor.abort();
     for f in feeders {

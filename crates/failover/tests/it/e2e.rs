@@ -17,9 +17,7 @@ use warmspare_failover::{DriverHandle, FailoverMode};
 use warmspare_store::{CompareAndSwap, ConditionalPutCas, Store, StoreConfig};
 use warmspare_testkit::{Fault, FaultStore, Op, PostgresCluster, S3Server, postgres_scratch_dir};
 
-use crate::support::{
-    RecordingCas, Running, fast_policy, overlap_monitor, start_driver, wait_for,
-};
+use crate::support::{RecordingCas, Running, fast_policy, overlap_monitor, start_driver, wait_for};
 
 /// A lease store on a fresh bucket, opened with the lease's bounded retries.
 async fn lease_store(policy: &PolicyConfig) -> Option<Store> {
@@ -94,6 +92,13 @@ async fn write_ok(cluster: &PostgresCluster) -> bool {
         .is_ok()
 }
 
+/// Waits for the traffic gate of `handle` to open. The database turns
+/// writable a moment *before* the gate opens (the gate waits for the
+/// promotion to return), never after.
+async fn active(handle: &DriverHandle) -> bool {
+    wait_for(Duration::from_secs(5), async || handle.may_accept_traffic()).await
+}
+
 async fn read_only(cluster: &PostgresCluster) -> bool {
     cluster
         .psql("SHOW default_transaction_read_only")
@@ -122,7 +127,17 @@ async fn pair(
     let spare_pg = standby_of(&primary_pg).await;
     let primary_cas = primary_cas(&store);
     let spare_cas = Arc::clone(store.cas());
-    Some(pair_of(policy, spare_policy, primary_pg, spare_pg, primary_cas, spare_cas).await)
+    Some(
+        pair_of(
+            policy,
+            spare_policy,
+            primary_pg,
+            spare_pg,
+            primary_cas,
+            spare_cas,
+        )
+        .await,
+    )
 }
 
 /// [`pair`] on given clusters and views of the repository.
@@ -210,7 +225,7 @@ async fn killed_primary_is_replaced_by_the_promoted_standby() {
     );
     let took = killed.elapsed();
     eprintln!("failover (ttl 3s): first write accepted {took:?} after kill -9");
-    assert!(p.spare.handle.may_accept_traffic());
+    assert!(active(&p.spare.handle).await);
     assert_eq!(p.spare.handle.current_epoch(), Some(2));
     assert_eq!(epochs(&p.spare_pg).await.trim(), "1:primary,2:spare");
 }
@@ -306,6 +321,7 @@ async fn manual_mode_waits_for_the_operator() {
         "spare never took over after the command: {:?}",
         p.spare.handle.state()
     );
+    assert!(active(&p.spare.handle).await);
     assert_eq!(p.spare.handle.current_epoch(), Some(2));
 }
 
@@ -420,7 +436,10 @@ async fn planned_switchover_hands_over_with_the_committed_rows() {
             reply = p
                 .primary
                 .handle
-                .command(Command::Switchover { to: "spare".into() })
+                .command(Command::Switchover {
+                    to: "spare".into(),
+                    force: false,
+                })
                 .await
                 .expect("driver runs");
             matches!(reply, CommandReply::Accepted(_))
@@ -438,6 +457,7 @@ async fn planned_switchover_hands_over_with_the_committed_rows() {
     );
     assert!(read_only(&p.primary_pg).await, "old primary fenced");
     assert!(!p.primary.handle.may_accept_traffic());
+    assert!(active(&p.spare.handle).await);
     assert_eq!(p.spare.handle.current_epoch(), Some(2));
     assert_eq!(
         p.spare_pg
@@ -553,7 +573,10 @@ async fn switchover_to_an_archive_fed_standby_waits_for_the_final_wal_position()
             reply = p
                 .primary
                 .handle
-                .command(Command::Switchover { to: "spare".into() })
+                .command(Command::Switchover {
+                    to: "spare".into(),
+                    force: false,
+                })
                 .await
                 .expect("driver runs");
             matches!(reply, CommandReply::Accepted(_))
@@ -569,7 +592,7 @@ async fn switchover_to_an_archive_fed_standby_waits_for_the_final_wal_position()
         p.spare.handle.state(),
         p.primary.handle.state()
     );
-    assert!(p.spare.handle.may_accept_traffic());
+    assert!(active(&p.spare.handle).await);
     assert_eq!(p.spare.handle.current_epoch(), Some(2));
     assert!(read_only(&p.primary_pg).await, "old primary fenced");
     assert!(!p.primary.handle.may_accept_traffic());
@@ -593,7 +616,10 @@ async fn switchover_to_an_archive_fed_standby_waits_for_the_final_wal_position()
         .into_iter()
         .find(|r| r.epoch == 2)
         .expect("the spare's takeover");
-    assert_eq!((taken.holder.as_str(), taken.final_lsn), ("spare", Some(final_lsn)));
+    assert_eq!(
+        (taken.holder.as_str(), taken.final_lsn),
+        ("spare", Some(final_lsn))
+    );
     let reached = p
         .spare_pg
         .psql(&format!(

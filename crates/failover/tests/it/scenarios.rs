@@ -116,9 +116,18 @@ fn notify_mode_only_alerts() {
 #[test]
 fn switchover_hands_over_with_the_next_epoch() {
     let mut w = settled(PolicyConfig::default());
-    w.command_at(10_000, PRIMARY, Command::Switchover { to: "spare".into() });
+    w.command_at(
+        10_000,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
+    // The spare replays the primary's last writes at its next refresh
+    // (every second here), then promotes.
     assert!(
-        w.run_until_cond(11_000, |w| w.accepting(SPARE)),
+        w.run_until_cond(12_500, |w| w.accepting(SPARE)),
         "{}",
         w.summary()
     );
@@ -135,14 +144,208 @@ fn switchover_hands_over_with_the_next_epoch() {
         SPARE,
         Command::Switchover {
             to: "primary".into(),
+            force: false,
         },
     );
     assert!(
-        w.run_until_cond(21_000, |w| w.accepting(PRIMARY)),
+        w.run_until_cond(22_500, |w| w.accepting(PRIMARY)),
         "{}",
         w.summary()
     );
     assert_eq!(last_promotion(&w), (PRIMARY, 3, PromoteTrigger::Switchover));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// A calm world whose spare copies the primary's writes only every
+/// `refresh` ms, settled with the primary accepting at 10 s.
+fn slow_copies(refresh: u64) -> World {
+    let mut p = Params::calm(PolicyConfig::default());
+    p.refresh_gap = (refresh, refresh);
+    let mut w = World::new(p);
+    w.run_until(10_000);
+    assert!(w.accepting(PRIMARY), "{}", w.summary());
+    w
+}
+
+/// The successor takes the lease at once but accepts traffic only after
+/// it has replayed the old primary's final position: a switchover loses no
+/// committed write (the world checks that at the promotion).
+#[test]
+fn switchover_waits_for_the_final_wal_position() {
+    let mut w = slow_copies(4_000);
+    // Refreshes at 0, 4 s, 8 s, 12 s...: the writes up to the fence at
+    // 10.5 s reach the spare at 12 s.
+    w.command_at(
+        10_500,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
+    assert!(
+        w.run_until_cond(11_900, |w| w.lease().is_some_and(|r| r.holder == "spare")),
+        "{}",
+        w.summary()
+    );
+    let lease = w.lease().unwrap().clone();
+    assert_eq!(lease.epoch, 2);
+    assert!(lease.final_lsn.is_some(), "{lease:?}");
+    w.run_until(11_990);
+    assert!(!w.accepting(SPARE) && !w.accepting(PRIMARY));
+    assert!(
+        w.promotions.iter().all(|p| p.site == PRIMARY),
+        "{}",
+        w.summary()
+    );
+    assert!(
+        w.run_until_cond(13_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert!(w.first_start(SPARE, 0).unwrap() >= 12_000);
+    assert_eq!(last_promotion(&w), (SPARE, 2, PromoteTrigger::Switchover));
+    // Once promoted, the renewals drop the position.
+    w.run_until(20_000);
+    assert_eq!(w.lease().unwrap().final_lsn, None);
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// An agent restarted while it waits for the final position waits again
+/// (the position is in its lease record) instead of promoting at once.
+#[test]
+fn a_restart_during_the_wait_waits_again() {
+    let mut w = slow_copies(8_000);
+    // Refreshes at 0, 8 s, 16 s: the fence at 10.5 s is replayed at 16 s.
+    w.command_at(
+        10_500,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
+    w.crash_at(11_500, SPARE);
+    w.restart_at(12_000, SPARE);
+    w.run_until(15_900);
+    assert!(!w.accepting(SPARE), "{}", w.summary());
+    assert!(
+        w.run_until_cond(18_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert!(w.first_start(SPARE, 0).unwrap() >= 16_000);
+    assert_eq!(last_promotion(&w), (SPARE, 2, PromoteTrigger::Reclaim));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// A successor that never gets the final position holds the lease, says so
+/// after `switchover_timeout`, and never promotes on its own; an operator's
+/// forced failover promotes it.
+#[test]
+fn a_stalled_switchover_alerts_and_waits_for_the_operator() {
+    let mut w = slow_copies(1_000_000);
+    w.command_at(
+        10_500,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
+    w.run_until(69_000);
+    assert!(!w.alerted(SPARE, AlertKind::SwitchoverStalled));
+    w.run_until(72_000);
+    assert!(
+        w.alerted(SPARE, AlertKind::SwitchoverStalled),
+        "{}",
+        w.summary()
+    );
+    w.run_until(200_000);
+    assert!(!w.accepting(SPARE) && !w.accepting(PRIMARY));
+    assert_eq!(
+        w.lease().map(|r| (r.holder.as_str(), r.epoch)),
+        Some(("spare", 2))
+    );
+    // Without --force the wait goes on; with it, the spare promotes.
+    w.command_at(200_000, SPARE, Command::Failover { force: false });
+    w.run_until(201_000);
+    assert!(w.alerted(SPARE, AlertKind::CommandRefused) && !w.accepting(SPARE));
+    w.command_at(201_000, SPARE, Command::Failover { force: true });
+    assert!(
+        w.run_until_cond(202_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(
+        last_promotion(&w),
+        (SPARE, 2, PromoteTrigger::Operator { force: true })
+    );
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// A stalled successor can hand the lease back: it never promoted, so the
+/// old primary takes it without waiting and nothing is lost.
+#[test]
+fn a_stalled_switchover_can_be_switched_back() {
+    let mut w = slow_copies(1_000_000);
+    w.command_at(
+        10_500,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
+    w.run_until(15_000);
+    assert_eq!(w.lease().map(|r| r.holder.as_str()), Some("spare"));
+    w.command_at(
+        15_000,
+        SPARE,
+        Command::Switchover {
+            to: "primary".into(),
+            force: false,
+        },
+    );
+    assert!(
+        w.run_until_cond(17_000, |w| w.accepting(PRIMARY)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(last_promotion(&w), (PRIMARY, 3, PromoteTrigger::Switchover));
+    assert!(w.promotions.iter().all(|p| p.site == PRIMARY));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// A holder that cannot read its final position abandons the switchover
+/// and accepts traffic again; the lease never moved.
+#[test]
+fn a_switchover_without_a_final_position_is_abandoned() {
+    let mut w = settled(PolicyConfig::default());
+    // The database fails just while the position is read.
+    w.sick(10_000, 10_400, PRIMARY, false);
+    w.command_at(
+        10_000,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
+    w.run_until(10_500);
+    assert!(
+        w.alerted(PRIMARY, AlertKind::SwitchoverAborted),
+        "{}",
+        w.summary()
+    );
+    assert!(
+        w.run_until_cond(14_000, |w| w.accepting(PRIMARY)),
+        "{}",
+        w.summary()
+    );
+    w.run_until(20_000);
+    assert!(w.accepting(PRIMARY) && !w.accepting(SPARE));
+    assert_eq!(w.lease().map(|r| (r.epoch, r.released)), Some((1, false)));
     assert!(w.violations.is_empty(), "{}", w.summary());
 }
 
@@ -154,10 +357,18 @@ fn switchover_is_refused_by_a_non_holder_or_to_a_sick_peer() {
         SPARE,
         Command::Switchover {
             to: "primary".into(),
+            force: false,
         },
     );
     w.sick(10_000, 60_000, SPARE, false);
-    w.command_at(15_000, PRIMARY, Command::Switchover { to: "spare".into() });
+    w.command_at(
+        15_000,
+        PRIMARY,
+        Command::Switchover {
+            to: "spare".into(),
+            force: false,
+        },
+    );
     w.run_until(20_000);
     assert!(w.alerted(SPARE, AlertKind::CommandRefused));
     assert!(w.alerted(PRIMARY, AlertKind::CommandRefused));

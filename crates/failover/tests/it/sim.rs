@@ -245,6 +245,7 @@ impl Run {
                         0 => Command::Failover { force },
                         1 => Command::Switchover {
                             to: ["spare", "primary"][site].into(),
+                            force,
                         },
                         2 => Command::Pause,
                         3 => Command::Resume,

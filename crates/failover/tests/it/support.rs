@@ -3,11 +3,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use warmspare_failover::actions::Actions;
 use warmspare_failover::driver::{BootClock, Clock, Driver, DriverConfig, DriverHandle};
-use warmspare_failover::policy::{AlertKind, FenceReason, HookKind, PromoteTrigger, Severity};
+use warmspare_failover::policy::LeaseRecord;
+use warmspare_failover::policy::{
+    AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Replay, Severity,
+};
 use warmspare_failover::{FailoverConfig, policy::PolicyConfig};
-use warmspare_store::CompareAndSwap;
+use warmspare_store::object_store::path::Path;
+use warmspare_store::{CompareAndSwap, Version};
 
 /// Fast timing for tests: `ttl` with the probe interval at `ttl / 6`.
 pub(crate) fn fast_policy(ttl: Duration) -> PolicyConfig {
@@ -24,40 +29,81 @@ pub(crate) enum Seen {
     Fence(FenceReason),
     Unfence(u64),
     Promote(u64, PromoteTrigger),
+    /// A promotion returned (after [`Recorder::promote_delay`]).
+    Promoted(u64),
+    FinalLsn,
     Hook(HookKind, u64),
     Alert(AlertKind),
 }
 
-/// An [`Actions`] that records the calls.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Recorder(pub(crate) Arc<Mutex<Vec<Seen>>>);
+/// An [`Actions`] that records the calls. Its database answers the final
+/// WAL position and the replay position it is given (by default `0/100`
+/// and a standby that replayed everything), and takes `promote_delay` to
+/// promote.
+#[derive(Debug, Clone)]
+pub(crate) struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    pub(crate) final_lsn: Arc<Mutex<Option<Lsn>>>,
+    pub(crate) replay: Arc<Mutex<Replay>>,
+    pub(crate) promote_delay: Arc<Mutex<Duration>>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            seen: Arc::default(),
+            final_lsn: Arc::new(Mutex::new(Some(Lsn(0x100)))),
+            replay: Arc::new(Mutex::new(Replay::Standby(Lsn(u64::MAX)))),
+            promote_delay: Arc::default(),
+        }
+    }
+}
 
 impl Recorder {
     pub(crate) fn seen(&self) -> Vec<Seen> {
-        self.0.lock().unwrap().clone()
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn push(&self, seen: Seen) {
+        self.seen.lock().unwrap().push(seen);
     }
 }
 
 #[async_trait::async_trait]
 impl Actions for Recorder {
     async fn fence(&self, reason: FenceReason) -> warmspare_failover::Result<()> {
-        self.0.lock().unwrap().push(Seen::Fence(reason));
+        self.push(Seen::Fence(reason));
         Ok(())
     }
     async fn unfence(&self, epoch: u64) -> warmspare_failover::Result<()> {
-        self.0.lock().unwrap().push(Seen::Unfence(epoch));
+        self.push(Seen::Unfence(epoch));
         Ok(())
     }
     async fn promote(&self, epoch: u64, trigger: PromoteTrigger) -> warmspare_failover::Result<()> {
-        self.0.lock().unwrap().push(Seen::Promote(epoch, trigger));
+        self.push(Seen::Promote(epoch, trigger));
+        let delay = *self.promote_delay.lock().unwrap();
+        tokio::time::sleep(delay).await;
+        self.push(Seen::Promoted(epoch));
         Ok(())
     }
+    async fn final_lsn(&self) -> warmspare_failover::Result<Lsn> {
+        self.push(Seen::FinalLsn);
+        let lsn = *self.final_lsn.lock().unwrap();
+        lsn.ok_or_else(|| warmspare_failover::Error::Action {
+            action: "read the final WAL position",
+            target: "recorder".into(),
+            message: "refused by the test".into(),
+        })
+    }
+    async fn replay_position(&self) -> warmspare_failover::Result<Replay> {
+        Ok(*self.replay.lock().unwrap())
+    }
     async fn run_hook(&self, kind: HookKind, epoch: u64) -> warmspare_failover::Result<()> {
-        self.0.lock().unwrap().push(Seen::Hook(kind, epoch));
+        self.push(Seen::Hook(kind, epoch));
         Ok(())
     }
     async fn alert(&self, _: Severity, kind: AlertKind, _: &str) {
-        self.0.lock().unwrap().push(Seen::Alert(kind));
+        self.push(Seen::Alert(kind));
     }
 }
 
@@ -125,4 +171,60 @@ pub(crate) fn overlap_monitor(
         }
     });
     (overlaps, task)
+}
+
+/// A compare-and-swap that records every lease record it wrote
+/// successfully, to check what a site handed over.
+#[derive(Debug, Clone)]
+pub(crate) struct RecordingCas {
+    inner: Arc<dyn CompareAndSwap>,
+    written: Arc<Mutex<Vec<LeaseRecord>>>,
+}
+
+impl RecordingCas {
+    pub(crate) fn new(inner: Arc<dyn CompareAndSwap>) -> Self {
+        RecordingCas {
+            inner,
+            written: Arc::default(),
+        }
+    }
+
+    /// The records written so far, oldest first.
+    pub(crate) fn written(&self) -> Vec<LeaseRecord> {
+        self.written.lock().unwrap().clone()
+    }
+
+    fn record(&self, content: &[u8]) {
+        if let Ok(record) = LeaseRecord::from_json(content) {
+            self.written.lock().unwrap().push(record);
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl CompareAndSwap for RecordingCas {
+    async fn read(&self, path: &Path) -> warmspare_store::Result<Option<(Bytes, Version)>> {
+        self.inner.read(path).await
+    }
+
+    async fn create(&self, path: &Path, content: Bytes) -> warmspare_store::Result<Version> {
+        let version = self.inner.create(path, content.clone()).await?;
+        self.record(&content);
+        Ok(version)
+    }
+
+    async fn update(
+        &self,
+        path: &Path,
+        content: Bytes,
+        expected: &Version,
+    ) -> warmspare_store::Result<Version> {
+        let version = self.inner.update(path, content.clone(), expected).await?;
+        self.record(&content);
+        Ok(version)
+    }
+
+    async fn delete(&self, path: &Path) -> warmspare_store::Result<()> {
+        self.inner.delete(path).await
+    }
 }

@@ -4,6 +4,13 @@
 //! a network that delays, reorders and loses messages, partitions, stalls,
 //! crashes with restarts, and flapping probes.
 //!
+//! Each site's database carries out the policy's database actions in order,
+//! each taking a little time, and answers them; it "writes" WAL while its
+//! site accepts traffic (the position is the true time of the last write)
+//! and copies the other site's position at every refresh, so that a
+//! switchover that promotes before replaying the old primary's final
+//! position is caught.
+//!
 //! The world checks the invariants after every event, at the true time of
 //! the event. Between events a site's right to accept traffic can only end
 //! (by its deadline passing), never begin, so checking at events with exact
@@ -14,8 +21,8 @@ use std::collections::BinaryHeap;
 
 use crate::clock::{Clock, Rng};
 use warmspare_failover::policy::{
-    Action, AlertKind, Command, Event, LeaseRecord, Millis, Policy, PolicyConfig, PromoteTrigger,
-    RequestId, SiteIdentity, Target, Version, WriteCondition, WriteOutcome,
+    Action, AlertKind, Command, Event, LeaseRecord, Lsn, Millis, Policy, PolicyConfig,
+    PromoteTrigger, Replay, RequestId, SiteIdentity, Target, Version, WriteCondition, WriteOutcome,
 };
 
 pub(crate) const NAMES: [&str; 2] = ["primary", "spare"];
@@ -127,6 +134,18 @@ enum Ev {
     Stall(u64),
     Command(usize, Command),
     Refresh(usize),
+    /// A database action of the site finished.
+    DbDone(usize, u64, DbOp),
+}
+
+/// A database action, answered when it finishes.
+#[derive(Debug, Clone)]
+enum DbOp {
+    Fence,
+    Promote(u64),
+    Unfence(u64),
+    FinalLsn,
+    Replay,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +211,12 @@ pub(crate) struct Site {
     pub(crate) last_refresh: u64,
     pub(crate) acc: Accepting,
     pub(crate) wake_at: Option<u64>,
+    /// The end of the database's WAL: the true time of its last write.
+    pub(crate) wal: u64,
+    /// How far the database has replayed the other site's WAL.
+    pub(crate) replayed: u64,
+    /// When the database finishes the actions queued so far.
+    pub(crate) db_busy_until: u64,
 }
 
 /// The simulated world.
@@ -249,6 +274,9 @@ impl World {
                     last_refresh: 0,
                     acc: Accepting::default(),
                     wake_at: None,
+                    wal: 0,
+                    replayed: 0,
+                    db_busy_until: 0,
                 }
             })
             .collect();
@@ -574,7 +602,30 @@ impl World {
                 self.log(format!("operator -> {}: {c:?}", NAMES[s]));
                 self.deliver(s, Event::Command(c));
             }
+            Ev::DbDone(s, inc, op) if self.alive(s, inc) => {
+                let ok = self.healthy(s);
+                let event = match op {
+                    DbOp::Fence => return,
+                    DbOp::Promote(epoch) => Event::PromoteResult { epoch, ok },
+                    DbOp::Unfence(epoch) => Event::UnfenceResult { epoch, ok },
+                    DbOp::FinalLsn => Event::FinalLsn {
+                        lsn: ok.then_some(Lsn(self.sites[s].wal)),
+                    },
+                    DbOp::Replay => Event::ReplayPosition {
+                        replay: if ok {
+                            Replay::Standby(Lsn(self.sites[s].replayed))
+                        } else {
+                            Replay::Unknown
+                        },
+                    },
+                };
+                self.deliver(s, event);
+            }
+            Ev::DbDone(..) => {}
             Ev::Refresh(s) => {
+                let other = self.sites[1 - s].wal;
+                let site = &mut self.sites[s];
+                site.replayed = site.replayed.max(other);
                 self.sites[s].last_refresh = self.now;
                 let (lo, hi) = self.p.refresh_gap;
                 let gap = self.rng.range(lo, hi).max(1);
@@ -596,6 +647,7 @@ impl World {
         self.sites[s].policy = Some(policy);
         self.sites[s].inc = inc;
         self.sites[s].wake_at = None;
+        self.sites[s].db_busy_until = self.now;
         self.perform(s, actions);
         let first_tick = self.rng.range(0, self.p.tick[s]);
         self.schedule(self.now + first_tick, Ev::Tick(s, inc));
@@ -655,7 +707,18 @@ impl World {
                 continue;
             }
             match action {
-                Action::Promote { epoch, trigger } => self.promoted(s, epoch, trigger),
+                Action::Promote { epoch, trigger } => {
+                    self.promoted(s, epoch, trigger);
+                    self.db(s, DbOp::Promote(epoch));
+                }
+                Action::Fence { .. } => self.db(s, DbOp::Fence),
+                Action::Unfence { epoch } => self.db(s, DbOp::Unfence(epoch)),
+                Action::CaptureFinalLsn => self.db(s, DbOp::FinalLsn),
+                Action::ReadReplayPosition => {
+                    let at = self.now + self.rng.range(0, 50);
+                    let inc = self.sites[s].inc;
+                    self.schedule(at, Ev::DbDone(s, inc, DbOp::Replay));
+                }
                 Action::RestartLocal => {
                     self.restarts[s] += 1;
                     self.sites[s].sick.retain(|&(_, cured)| !cured);
@@ -663,6 +726,15 @@ impl World {
                 _ => {}
             }
         }
+    }
+
+    /// Queues a database action of site `s`: the database carries them out
+    /// one after the other, 0–100 ms each.
+    fn db(&mut self, s: usize, op: DbOp) {
+        let at = self.sites[s].db_busy_until.max(self.now) + self.rng.range(0, 100);
+        self.sites[s].db_busy_until = at;
+        let inc = self.sites[s].inc;
+        self.schedule(at, Ev::DbDone(s, inc, op));
     }
 
     fn send(&mut self, s: usize, req: Req) {

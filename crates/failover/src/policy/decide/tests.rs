@@ -51,6 +51,8 @@ fn record(holder: &str, epoch: u64, renewals: u64) -> LeaseRecord {
         margin_ms: 1000,
         released: false,
         successor: None,
+        final_lsn: None,
+        taken_at_ms: None,
     }
 }
 
@@ -97,7 +99,14 @@ fn holder_fences_at_t_send_plus_ttl_minus_margin() {
         epoch: 1,
         trigger: PromoteTrigger::Initial
     }));
-    assert!(out.contains(&Action::Unfence { epoch: 1 }));
+    // Traffic waits for the database: not before the promotion returned.
+    assert!(!p.may_accept_traffic(Millis(900)) && p.accepting_until().is_none());
+    assert_eq!(p.role(Millis(900)), super::super::Role::Promoting);
+    let out = p.step(Event::PromoteResult { epoch: 1, ok: true }, Millis(950));
+    assert!(
+        !out.iter().any(|a| matches!(a, Action::Unfence { .. })),
+        "{out:?}"
+    );
     // Sent at 100: safe until 5100, whenever the answer came.
     assert_eq!(p.accepting_until(), Some(Millis(5_100)));
     assert!(p.may_accept_traffic(Millis(5_099)) && !p.may_accept_traffic(Millis(5_100)));
@@ -137,6 +146,7 @@ fn own_write_with_lost_answer_is_adopted_from_a_read() {
         },
         Millis(150),
     );
+    p.step(Event::PromoteResult { epoch: 1, ok: true }, Millis(160));
     let out = p.step(Event::Tick, Millis(2_100));
     let (renew, rec, _) = writes(&out)[0].clone();
     // The driver gives up on it and the policy retries at once; the
@@ -282,6 +292,8 @@ enum Input {
     Absent,
     Lag(u64),
     Cmd(u8, bool),
+    /// Answer the oldest unanswered Promote or Unfence.
+    Open(bool),
 }
 
 fn input() -> impl Strategy<Value = Input> {
@@ -294,6 +306,7 @@ fn input() -> impl Strategy<Value = Input> {
         Just(Input::Absent),
         (0u64..600_000).prop_map(Input::Lag),
         (0u8..4, any::<bool>()).prop_map(|(c, f)| Input::Cmd(c, f)),
+        any::<bool>().prop_map(Input::Open),
     ]
 }
 
@@ -313,8 +326,14 @@ proptest! {
         let mut landed: HashMap<RequestId, u64> = HashMap::new();
         let mut max_seen = 0;
         let mut version = 0;
+        let mut opens = std::collections::VecDeque::new();
         let mut out = p.start(Millis(0));
         for (input, dt) in inputs {
+            opens.extend(out.iter().filter_map(|a| match a {
+                Action::Promote { epoch, .. } => Some((true, *epoch)),
+                Action::Unfence { epoch } => Some((false, *epoch)),
+                _ => None,
+            }));
             for (id, rec, _) in writes(&out) {
                 // A new epoch exceeds all seen; renewals keep a current one.
                 if rec.renewals == 0 {
@@ -356,9 +375,14 @@ proptest! {
                 }
                 Input::Absent => Event::LeaseObserved { lease: None },
                 Input::Lag(l) => Event::ReplicationLag { lag: Duration::from_millis(l), measured_at: Millis(now) },
+                Input::Open(ok) => match opens.pop_front() {
+                    Some((true, epoch)) => Event::PromoteResult { epoch, ok },
+                    Some((false, epoch)) => Event::UnfenceResult { epoch, ok },
+                    None => Event::Tick,
+                },
                 Input::Cmd(c, force) => Event::Command(match c {
                     0 => Command::Failover { force },
-                    1 => Command::Switchover { to: if initial { "spare" } else { "primary" }.into() },
+                    1 => Command::Switchover { to: if initial { "spare" } else { "primary" }.into(), force },
                     2 => Command::Pause,
                     _ => Command::Resume,
                 }),
