@@ -3,8 +3,11 @@
 #
 #   logical backup   warmspare backup db      vs pg_dump | gzip (manual recipe)
 #                                             vs pg_dump > /dev/null (floor)
+#                    (also --jobs 2: directory format, pg_dump -j 2)
 #   restore          warmspare restore db latest --to URL (checks + swap)
 #                                             vs gunzip | psql
+#                    (also --jobs 2, and the directory-format snapshot with
+#                    --jobs 2; the time of each restore step is printed)
 #   physical backup  warmspare backup db --physical vs pgbackrest backup
 #                    (posix repository, compress-type=zst, process-max=1)
 #
@@ -39,6 +42,12 @@ fi
 
 WORK=$(mktemp -d /tmp/wsb-snap.XXXXXX)
 chmod 755 "$WORK"
+# Timestamps stderr lines (to time each step of a restore); "end" at EOF.
+cat >"$WORK/stamp" <<'EOF'
+#!/bin/sh
+exec perl -MTime::HiRes=time -ne 'BEGIN { $| = 1 } printf "%.3f %s", time, $_; END { printf "%.3f end\n", time }'
+EOF
+chmod 755 "$WORK/stamp"
 # A private copy of the binary: postgres must be able to run it, and a
 # rebuild during the run must not change what is measured.
 install -m 755 "$BIN" "$WORK/wsbin"
@@ -137,22 +146,28 @@ for _ in $(seq "$REPEAT"); do
     # (warmspare's default level) in one frame.
     run pgdump_zstd sh -c "$DUMP --format=custom --compress=0 | zstd -q -3 -c > $WORK/out/bench.dump.zst"
     run ws_backup sh -c "$BIN --config $CFG --json backup db > $WORK/out/backup.json"
+    run ws_backup_j2 sh -c "$BIN --config $CFG --json backup db --jobs 2 --spool-dir $WORK/out \
+        > $WORK/out/backup_j2.json"
 done
 SIZE_GZIP=$(stat -c %s "$WORK/out/bench.sql.gz")
 SIZE_ZSTD=$(stat -c %s "$WORK/out/bench.dump.zst")
 SIZE_WS=$(jq -r '.stored_size // .size' "$WORK/out/backup.json")
+SIZE_WS_J2=$(jq -r '.stored_size // .size' "$WORK/out/backup_j2.json")
 SNAP=$(jq -r '.id' "$WORK/out/backup.json")
+SNAP_J2=$(jq -r '.id' "$WORK/out/backup_j2.json")
 
 # --- restore into the spare -----------------------------------------------
 # The spare already has a "bench" database, so warmspare's run includes the
 # swap (terminate sessions, rename) and keeps the replaced copy.
 psql -p "$SPARE_PORT" -d postgres -c 'create database bench'
-for _ in $(seq "$REPEAT"); do
+for i in $(seq "$REPEAT"); do
     psql -p "$SPARE_PORT" -d postgres -c 'drop database if exists manual' -c 'create database manual'
     run gunzip_psql sh -c "gunzip -c $WORK/out/bench.sql.gz | $PG_BIN/psql -X -q -v ON_ERROR_STOP=1 \
         -h 127.0.0.1 -p $SPARE_PORT -U postgres -d manual > /dev/null"
+    # stderr (the steps) timestamped into steps.ws_restore.N
     run ws_restore sh -c "$BIN --config $CFG restore db $SNAP \
-        --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench > $WORK/out/restore.txt"
+        --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
+        | $WORK/stamp > $WORK/out/steps.ws_restore.$i"
     cat "$WORK/out/restore.txt" >&2
     # Diagnostic: the custom-format stream through plain pg_restore, one
     # job, into a fresh database (no checks, no swap).
@@ -162,7 +177,13 @@ for _ in $(seq "$REPEAT"); do
         -h 127.0.0.1 -p $SPARE_PORT -U postgres -d plain_restore"
     # The same with two pg_restore jobs (the verified dump is spooled first).
     run ws_restore_j2 sh -c "$BIN --config $CFG restore db $SNAP --jobs 2 --spool-dir $WORK/out \
-        --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench > $WORK/out/restore.txt"
+        --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
+        | $WORK/stamp > $WORK/out/steps.ws_restore_j2.$i"
+    # The directory-format snapshot: objects downloaded in parallel, then
+    # pg_restore -j 2.
+    run ws_restore_dir sh -c "$BIN --config $CFG restore db $SNAP_J2 --jobs 2 --spool-dir $WORK/out \
+        --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
+        | $WORK/stamp > $WORK/out/steps.ws_restore_dir.$i"
 done
 for db in manual bench; do
     n=$(psql -p "$SPARE_PORT" -d "$db" -Atc 'select count(*) from pgbench_accounts')
@@ -243,9 +264,11 @@ row pgdump_gzip 'pg_dump | gzip' "$SIZE_GZIP" floor_plain
 row pgdump_zstd 'pg_dump -Fc -Z0 | zstd -3' "$SIZE_ZSTD" floor_plain
 row ws_backup 'warmspare backup db' "$SIZE_WS" floor_plain
 row ws_backup '  (same, vs the manual recipe)' "$SIZE_WS" pgdump_gzip "$SIZE_GZIP"
+row ws_backup_j2 'warmspare backup db --jobs 2' "$SIZE_WS_J2" floor_plain
 row gunzip_psql 'gunzip | psql' ''
 row ws_restore 'warmspare restore db (check+swap)' '' gunzip_psql
 row ws_restore_j2 '  (same, --jobs 2)' '' gunzip_psql
+row ws_restore_dir '  (--jobs 2 snapshot, --jobs 2)' '' gunzip_psql
 row zstd_pg_restore 'zstd -dc | pg_restore (diagnostic)' '' gunzip_psql
 if [ "$PHYSICAL" = yes ]; then
     row pgbackrest_backup 'pgbackrest backup (zst, 1 process)' "$SIZE_BR"
@@ -254,6 +277,23 @@ else
     row pgbackrest_backup 'pgbackrest backup (zst, 1 process)' "$SIZE_BR"
     echo 'warmspare backup db --physical: not in this build (skipped)'
 fi
+echo
+echo "restore steps, median seconds over the runs (from the timestamped progress lines):"
+for kind in ws_restore ws_restore_j2 ws_restore_dir; do
+    # "TS restore: STEP" starts a step, "TS end" ends the last: one
+    # "N STEP SECONDS" line per step and run (N: the step's position).
+    for f in "$WORK"/out/steps.$kind.*; do
+        awk 'NF == 3 && $2 == "restore:" { if (s != "") print n, s, $1 - t; n++; s = $3; t = $1 }
+             $2 == "end" { if (s != "") print n, s, $1 - t; s = "" }' "$f"
+    done >"$WORK/out/durations.$kind"
+    line=$(printf '%-16s' "$kind")
+    for step in $(sort -n -k1,1 -u "$WORK/out/durations.$kind" | awk '{ print $2 }'); do
+        med=$(awk -v s="$step" '$2 == s { print $3 }' "$WORK/out/durations.$kind" | sort -n |
+            awk '{ v[NR] = $1 } END { printf "%.2f", v[int((NR + 1) / 2)] }')
+        line="$line $step $med"
+    done
+    echo "$line"
+done
 echo
 echo "targets (issue 3): backup ≤ 1.15× floor, size ≤ gzip; restore ≤ 0.8× gunzip|psql;"
 echo "physical ≤ 1.1× pgbackrest; peak RSS < 256 MiB"

@@ -19,7 +19,8 @@ use warmspare_snapshot::{
 use warmspare_store::Store;
 
 use super::parse_duration;
-use super::sync::{ArtifactProgress, Side, failure, open_site};
+use super::restore::artifact_failure;
+use super::sync::{ArtifactProgress, Side, open_site};
 use crate::progress::Progress;
 use crate::repo::{self, Open, PgTools};
 use crate::{EXIT_OK, Global, output};
@@ -80,6 +81,19 @@ struct DbArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     connect_timeout: Duration,
 
+    /// pg_dump jobs. 1: the custom format, streamed (no local disk). More:
+    /// the directory format with pg_dump --jobs N, each file uploaded as it
+    /// is written (the local spool holds what the upload has not caught up
+    /// with); it pays off with several large tables and spare cores.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    jobs: u32,
+
+    /// Where the spool directory of a --jobs dump goes [default: the
+    /// system's temporary directory].
+    #[arg(long, value_name = "DIR")]
+    spool_dir: Option<std::path::PathBuf>,
+
     #[command(flatten)]
     tools: PgTools,
 }
@@ -95,7 +109,8 @@ struct DbArgs {
 struct DbCommand {
     /// A physical snapshot: pg_basebackup of the whole cluster, committed
     /// once the WAL it needs is in the repository.
-    #[arg(long, conflicts_with_all = ["globals", "no_row_counts", "lock_wait_timeout"])]
+    #[arg(long, conflicts_with_all = ["globals", "no_row_counts", "lock_wait_timeout", "jobs",
+                                      "spool_dir"])]
     physical: bool,
 
     /// With --physical: how long to wait, once the base backup is stored,
@@ -137,7 +152,11 @@ impl DbArgs {
             .with_globals(self.globals)
             .with_role_passwords(!self.no_role_passwords)
             .with_count_rows(!self.no_row_counts)
-            .with_connect_timeout(self.connect_timeout);
+            .with_connect_timeout(self.connect_timeout)
+            .with_jobs(self.jobs);
+        if let Some(dir) = &self.spool_dir {
+            options = options.with_spool_dir(dir.clone());
+        }
         if let Some(dir) = &self.tools.pg_bin_dir {
             options = options.with_bin_dir(dir.clone());
         }
@@ -409,7 +428,7 @@ fn run_artifacts(global: &Global, args: &ArtifactArgs) -> anyhow::Result<ExitCod
         let previous =
             previous_inventory(&repository, options.source_id.as_deref(), PREVIOUS_SEARCH)
                 .await
-                .map_err(|e| failure(&e, &secrets))?;
+                .map_err(|e| artifact_failure(&e, &secrets))?;
         let p = Arc::clone(&progress);
         backup_artifacts(
             store.object_store(),
@@ -420,7 +439,7 @@ fn run_artifacts(global: &Global, args: &ArtifactArgs) -> anyhow::Result<ExitCod
             move |e: &SyncEvent<'_>| p.event(e),
         )
         .await
-        .map_err(|e| failure(&e, &secrets))
+        .map_err(|e| artifact_failure(&e, &secrets))
     });
     progress.finish();
     let summary = ArtifactSummary::new(&result?);
@@ -490,7 +509,7 @@ fn run_point(global: &Global, db: &DbArgs, artifacts: &ArtifactArgs) -> anyhow::
             .await
             .map_err(|e| match e {
                 warmspare_replicate::Error::Snapshot(e) => repo::failure(&e, &secrets),
-                other => failure(&other, &secrets),
+                other => artifact_failure(&other, &secrets),
             })
         }
     });

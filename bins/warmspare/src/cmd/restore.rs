@@ -107,7 +107,9 @@ struct DbArgs {
     standby: bool,
 
     /// pg_restore jobs; more than 1 first spools the verified dump to a
-    /// local file (it needs the dump's size in free space).
+    /// local file (it needs the dump's size in free space). A snapshot
+    /// taken with `backup db --jobs` is always spooled (its objects
+    /// downloaded in parallel) and restored with pg_restore --jobs N.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     jobs: u32,
@@ -125,6 +127,15 @@ struct DbArgs {
     /// Skip GRANT and REVOKE (pg_restore --no-privileges).
     #[arg(long)]
     no_privileges: bool,
+
+    /// Apply the snapshot's globals (taken with `backup db --globals`)
+    /// first: create the roles the target lacks, with their attributes,
+    /// password hashes and memberships. Existing roles are never altered
+    /// (the connecting role keeps its password); tablespaces and
+    /// per-database role settings are skipped. Needs a role that may
+    /// create roles.
+    #[arg(long)]
+    with_globals: bool,
 
     /// Allow replacing the very database the snapshot was taken from (same
     /// server and name), which is refused by default.
@@ -150,6 +161,14 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         What::Artifacts(args) => return run_artifacts(global, args),
     };
     if !repo::is_database_url(&args.to) {
+        if args.with_globals {
+            return Err(UsageError(
+                "--with-globals is for logical restores into a database (--to postgres://...); \
+                 a physical restore carries the whole cluster, roles included"
+                    .into(),
+            )
+            .into());
+        }
         let data_dir = data_dir(&args.to)?;
         return run_physical(global, &args, &data_dir);
     }
@@ -166,6 +185,7 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .with_jobs(args.jobs)
         .with_no_owner(args.no_owner)
         .with_no_privileges(args.no_privileges)
+        .with_globals(args.with_globals)
         .with_allow_source_overwrite(args.allow_source_overwrite)
         .with_connect_timeout(args.connect_timeout);
     if let Some(dir) = args.tools.pg_bin_dir {
@@ -231,6 +251,16 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             Some(previous) => text.push_str(&format!("; the replaced copy is kept as {previous}")),
             None => text.push_str("; there was no database to replace"),
         }
+        if let Some(globals) = &report.globals {
+            text.push_str(&format!(
+                "; globals: {} roles created, {} existed and were left as they are",
+                globals.roles_created.len(),
+                globals.roles_existing.len()
+            ));
+            for skipped in &globals.skipped {
+                eprintln!("restore: globals: skipped {skipped}");
+            }
+        }
         if report.terminated_sessions > 0 {
             text.push_str(&format!(
                 "; {} sessions were disconnected",
@@ -252,7 +282,7 @@ async fn point_snapshot(repository: &warmspare_store::Repository, spec: &str) ->
 }
 
 fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
-    use super::sync::{ArtifactProgress, Side, Summary, failure, open_url, print_summary};
+    use super::sync::{ArtifactProgress, Side, Summary, open_url, print_summary};
     use std::sync::Arc;
 
     let config = super::load_config(global)?;
@@ -268,7 +298,7 @@ fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCod
         let repository = repo::open(&config, Open::Existing, &secrets).await?;
         let id = warmspare_replicate::resolve_inventory(&repository, &args.inventory)
             .await
-            .map_err(|e| failure(&e, &secrets))?;
+            .map_err(|e| artifact_failure(&e, &secrets))?;
         eprintln!(
             "restore: inventory {id} into {}{}",
             target.display_url(),
@@ -283,7 +313,7 @@ fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCod
             move |e: &warmspare_replicate::SyncEvent<'_>| p.event(e),
         )
         .await
-        .map_err(|e| failure(&e, &secrets))?;
+        .map_err(|e| artifact_failure(&e, &secrets))?;
         Ok::<_, anyhow::Error>((id, report))
     });
     progress.finish();
@@ -296,6 +326,25 @@ fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCod
     );
     print_summary("restore", global.json, &summary, args.delete)?;
     Ok(super::sync::exit_code(&report))
+}
+
+/// An artifact command's error as one scrubbed line; a missing, wrong or
+/// unloaded encryption key is a usage error (exit code 2), as it is for
+/// the database commands.
+pub(super) fn artifact_failure(
+    error: &warmspare_replicate::Error,
+    secrets: &[String],
+) -> anyhow::Error {
+    use warmspare_store::Error as StoreError;
+    match error {
+        warmspare_replicate::Error::Repository(
+            StoreError::KeyMissing { .. }
+            | StoreError::WrongKey { .. }
+            | StoreError::KeyNotLoaded { .. }
+            | StoreError::InvalidKey { .. },
+        ) => UsageError(output::scrub(&output::one_line(error), secrets)).into(),
+        other => super::sync::failure(other, secrets),
+    }
 }
 
 /// `--to` that is not a database URL: a data directory, absolute or

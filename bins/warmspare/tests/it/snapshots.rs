@@ -346,6 +346,84 @@ async fn round_trip(repo: &Repo<'_>, primary: &PostgresCluster, spare: &Postgres
     }
 }
 
+/// `backup db --jobs 2 --globals` (directory format) and `restore db
+/// --jobs 2 --with-globals`: the data and the source's role arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_db_jobs_and_restore_with_globals() {
+    let (primary, spare) = tokio::try_join!(PostgresCluster::start(), PostgresCluster::start())
+        .expect("clusters start");
+    primary.create_database("shop").await.expect("createdb");
+    primary.psql_in("shop", SHOP_SQL).await.expect("fixture");
+    primary
+        .psql("CREATE ROLE ws_cli_app LOGIN CONNECTION LIMIT 4")
+        .await
+        .expect("role");
+    let files = tempfile::tempdir().expect("tempdir");
+    let repo = Repo::File(files.path().join("repo"));
+    let sites = format!(
+        "site = \"primary\"\n[sites.primary]\ndatabase = \"{}\"\n",
+        primary.url_for("shop"),
+    );
+    let setup = Setup::new(&repo, &sites, &primary);
+    let spare_shop = spare.url_for("shop");
+    let role = "SELECT rolconnlimit FROM pg_roles WHERE rolname = 'ws_cli_app'";
+
+    let run = setup
+        .expect(0, &["--json", "backup", "db", "--jobs", "2", "--globals"])
+        .await;
+    let id = json(&run)["id"].as_str().expect("id").to_owned();
+    assert!(run.stderr.contains("backup: globals"), "{}", run.stderr);
+    if let Repo::File(dir) = &repo {
+        let toc = dir.join("snapshots").join(&id).join("database/toc.dat");
+        assert!(toc.exists(), "{}", toc.display());
+    }
+    let run = setup.expect(0, &["verify", &id]).await;
+    assert!(run.stdout.contains("checksums ok"), "{}", run.stdout);
+
+    // Without --with-globals the role stays unknown to the spare.
+    let run = setup
+        .expect(
+            0,
+            &["restore", "db", &id, "--to", &spare_shop, "--jobs", "2"],
+        )
+        .await;
+    assert!(!run.stdout.contains("globals"), "{}", run.stdout);
+    assert_eq!(spare.psql(role).await.expect("query"), "");
+    assert_eq!(digest(&spare, "shop").await, digest(&primary, "shop").await);
+
+    let run = setup
+        .expect(
+            0,
+            &["restore", "db", &id, "--to", &spare_shop, "--with-globals"],
+        )
+        .await;
+    assert!(
+        run.stderr.contains("restore: apply-globals"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.contains("1 roles created"), "{}", run.stdout);
+    assert_eq!(spare.psql(role).await.expect("query"), "4");
+    assert_eq!(digest(&spare, "shop").await, digest(&primary, "shop").await);
+
+    // --with-globals is for database targets.
+    let data = files.path().join("data");
+    let run = setup
+        .expect(
+            2,
+            &[
+                "restore",
+                "db",
+                &id,
+                "--to",
+                &data.display().to_string(),
+                "--with-globals",
+            ],
+        )
+        .await;
+    assert!(error_line(&run).contains("--with-globals"), "{run:#?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_with_clear_codes() {
     const PASSWORD: &str = "sekrit-pw-5b1d";

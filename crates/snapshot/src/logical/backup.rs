@@ -8,9 +8,10 @@ use time::OffsetDateTime;
 use warmspare_store::object_store::ObjectStoreExt;
 use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter, layout};
 
+use super::chunks::ChunkReader;
 use super::{
-    DUMP_FILE, GLOBALS_FILE, LOGICAL_FORMAT, LogicalBackupOptions, LogicalMeta, RecordedOptions,
-    ToolVersions,
+    DUMP_DIR, DUMP_FILE, GLOBALS_FILE, LOGICAL_DIRECTORY_FORMAT, LOGICAL_FORMAT,
+    LogicalBackupOptions, LogicalMeta, RecordedOptions, ToolVersions, directory,
 };
 use crate::error::{Error, Result};
 use crate::event::{BackupStep, Event, ProgressFn};
@@ -30,7 +31,13 @@ pub struct LogicalBackup {
 ///
 /// `pg_dump --format=custom --compress=0` runs with the password in its
 /// environment, never on its command line, and its output streams through
-/// the store codec (zstd, SHA-256, multipart upload) in bounded memory. It
+/// the store codec (zstd, SHA-256, multipart upload) in bounded memory,
+/// into `database.pgdump`. With [`LogicalBackupOptions::jobs`] above 1,
+/// `pg_dump --format=directory --jobs N` writes into a local spool
+/// directory instead, and each of its files is uploaded as its own object
+/// (`database/<file>`) while it is written (see the module docs of
+/// `directory`). The codec is fed in fixed chunks, so the same dump is
+/// stored in the same size whatever the timing of `pg_dump`'s output. It
 /// dumps the snapshot of a REPEATABLE READ transaction that this function
 /// holds open on its own connection (`pg_export_snapshot()` →
 /// `pg_dump --snapshot`), and the row counts recorded in the manifest are
@@ -104,6 +111,7 @@ pub async fn backup_logical(
         .map_err(|e| fail(BackupStep::Dump)(e.into()))?;
     let id = writer.id().clone();
     let result = async {
+        let directory = options.jobs > 1;
         let row_counts = dump(&mut writer, &tools, &target, &mut session, options, emit)
             .await
             .map_err(fail(BackupStep::Dump))?;
@@ -125,7 +133,11 @@ pub async fn backup_logical(
 
         emit(Event::Backup(BackupStep::Commit));
         let meta = LogicalMeta {
-            format: LOGICAL_FORMAT.to_owned(),
+            format: match directory {
+                true => LOGICAL_DIRECTORY_FORMAT,
+                false => LOGICAL_FORMAT,
+            }
+            .to_owned(),
             database: session.info.database.clone(),
             source: target.describe(),
             system_identifier: session.info.system_identifier,
@@ -134,7 +146,11 @@ pub async fn backup_logical(
             encoding: session.info.encoding.clone(),
             lc_collate: session.info.lc_collate.clone(),
             lc_ctype: session.info.lc_ctype.clone(),
-            dump_file: DUMP_FILE.to_owned(),
+            dump_file: match directory {
+                true => DUMP_DIR,
+                false => DUMP_FILE,
+            }
+            .to_owned(),
             globals_file: pg_dumpall.as_ref().map(|_| GLOBALS_FILE.to_owned()),
             row_counts,
             tools: ToolVersions {
@@ -145,6 +161,7 @@ pub async fn backup_logical(
                 globals: options.globals,
                 role_passwords: options.role_passwords,
                 count_rows: options.count_rows,
+                jobs: options.jobs.max(1),
             },
         };
         commit(repo, writer, &meta, epoch, now + clock.elapsed())
@@ -236,18 +253,31 @@ async fn dump(
 ) -> Result<Option<Vec<TableRows>>> {
     let mut command = tools.command(Tool::PgDump);
     command
-        .arg("--format=custom")
         // The codec compresses (zstd): zlib inside the archive would only
         // cost CPU and defeat zstd.
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--snapshot={}", session.snapshot))
-        .arg(format!("--dbname={}", target.tool_url()))
-        .stdout(Stdio::piped());
+        .arg(format!("--dbname={}", target.tool_url()));
     if let Some(timeout) = options.lock_wait_timeout {
         command.arg(format!("--lock-wait-timeout={}", timeout.as_millis()));
     }
     target.configure_child(&mut command, options.connect_timeout);
+    let tables = std::mem::take(&mut session.tables);
+    let conn = session.conn.as_mut();
+    let count = async {
+        match (options.count_rows, conn) {
+            (true, Some(conn)) => count_rows(conn, &tables)
+                .await
+                .map(Some)
+                .map_err(|e| target.sql_error("counting rows", e)),
+            _ => Ok(None),
+        }
+    };
+    if options.jobs > 1 {
+        return dump_directory(writer, tools, target, command, options, count, &emit).await;
+    }
+    command.arg("--format=custom").stdout(Stdio::piped());
     let mut running = tools.spawn(Tool::PgDump, command)?;
     let Some(stdout) = running.child_mut().stdout.take() else {
         running.kill().await;
@@ -261,20 +291,9 @@ async fn dump(
     let bytes = |n| emit(Event::Bytes(n));
     let upload = async {
         writer
-            .put_file_with_progress(DUMP_FILE, stdout, Some(&bytes))
+            .put_file_with_progress(DUMP_FILE, ChunkReader::spawn(stdout), Some(&bytes))
             .await
             .map_err(Error::from)
-    };
-    let tables = std::mem::take(&mut session.tables);
-    let conn = session.conn.as_mut();
-    let count = async {
-        match (options.count_rows, conn) {
-            (true, Some(conn)) => count_rows(conn, &tables)
-                .await
-                .map(Some)
-                .map_err(|e| target.sql_error("counting rows", e)),
-            _ => Ok(None),
-        }
     };
     match tokio::try_join!(upload, count) {
         Ok((_, counts)) => {
@@ -288,6 +307,61 @@ async fn dump(
             Err(e)
         }
     }
+}
+
+/// `pg_dump --format=directory --jobs N` into a spool directory, its files
+/// uploaded as they are written, while `count` counts rows.
+async fn dump_directory(
+    writer: &mut SnapshotWriter,
+    tools: &Tools,
+    target: &Target,
+    mut command: tokio::process::Command,
+    options: &LogicalBackupOptions,
+    count: impl std::future::Future<Output = Result<Option<Vec<TableRows>>>>,
+    emit: &(dyn Fn(Event) + Send + Sync),
+) -> Result<Option<Vec<TableRows>>> {
+    let builder = {
+        let mut b = tempfile::Builder::new();
+        b.prefix("warmspare-dump-");
+        b
+    };
+    let spool = match &options.spool_dir {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .map_err(|e| Error::Spool {
+        path: options.spool_dir.as_ref().map_or_else(
+            || "(temporary directory)".into(),
+            |d| d.display().to_string(),
+        ),
+        source: e,
+    })?;
+    let shared = directory::Shared::new();
+    let _watcher = directory::watch(spool.path(), &shared);
+    command
+        .arg("--format=directory")
+        .arg(format!("--jobs={}", options.jobs))
+        // The files are read back at once and deleted: nothing to fsync.
+        .arg("--no-sync")
+        .arg(format!("--file={}", spool.path().display()));
+    let running = tools.spawn(Tool::PgDump, command)?;
+    let dumped = async {
+        running.finish(|text| target.scrub(text)).await?;
+        shared.finish();
+        Ok::<_, Error>(())
+    };
+    let upload = directory::upload_all(writer, spool.path(), DUMP_DIR, &shared, emit);
+    // A failure of either ends the others; dropping `dumped` kills pg_dump.
+    let ((), _, counts) = tokio::try_join!(dumped, upload, count)?;
+    let toc = format!("{DUMP_DIR}/{}", directory::TOC_FILE);
+    if !writer.files().contains_key(&toc) {
+        return Err(Error::ToolFailed {
+            tool: "pg_dump",
+            status: format!("exited successfully but wrote no {}", directory::TOC_FILE),
+            stderr: String::new(),
+        });
+    }
+    Ok(counts)
 }
 
 /// Streams `pg_dumpall --globals-only` into the snapshot.

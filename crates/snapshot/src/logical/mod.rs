@@ -1,9 +1,14 @@
 //! PostgreSQL logical snapshots: `pg_dump --format=custom` streamed into the
-//! repository ([`backup_logical`]), and restored into a warm spare through a
-//! staging database and a rename swap ([`restore_logical`]).
+//! repository, or `pg_dump --format=directory --jobs N` uploaded file by
+//! file as it is written ([`backup_logical`]), and restored into a warm
+//! spare through a staging database and a rename swap
+//! ([`restore_logical`]).
 
 mod backup;
+mod chunks;
 mod deep;
+mod directory;
+mod globals;
 mod restore;
 
 use std::path::PathBuf;
@@ -17,12 +22,20 @@ pub use crate::pg::TableRows;
 
 pub use backup::{LogicalBackup, backup_logical};
 pub use deep::{DeepVerifyReport, verify_deep};
+pub use globals::GlobalsReport;
 pub use restore::{PREVIOUS_SUFFIX, RestoreReport, STAGING_SUFFIX, restore_logical};
 
-/// `meta.format` of a logical snapshot.
+/// `meta.format` of a logical snapshot in `pg_dump`'s custom format (one
+/// archive, [`DUMP_FILE`]).
 pub const LOGICAL_FORMAT: &str = "pg_dump-custom";
-/// The snapshot file holding the `pg_dump` archive.
+/// `meta.format` of a logical snapshot in `pg_dump`'s directory format
+/// (one object per file of the dump under [`DUMP_DIR`]`/`).
+pub const LOGICAL_DIRECTORY_FORMAT: &str = "pg_dump-directory";
+/// The snapshot file holding the `pg_dump` archive (custom format).
 pub const DUMP_FILE: &str = "database.pgdump";
+/// The snapshot directory holding a directory-format dump: `toc.dat` and
+/// one file per table (`<dump id>.dat`) and for large objects.
+pub const DUMP_DIR: &str = "database";
 /// The snapshot file holding `pg_dumpall --globals-only` (roles,
 /// tablespaces), when taken.
 pub const GLOBALS_FILE: &str = "globals.sql";
@@ -62,6 +75,18 @@ pub struct LogicalBackupOptions {
     /// table lock held by a conflicting session.
     #[serde(with = "crate::serde_util::duration_opt")]
     pub lock_wait_timeout: Option<Duration>,
+    /// `pg_dump` jobs. 1 (the default): the custom format, streamed from
+    /// `pg_dump`'s output with no local disk. More: the directory format
+    /// with `pg_dump --jobs N` (N tables dumped at once, on N + 1
+    /// connections), each file uploaded while it is written; the local
+    /// spool holds what the upload has not caught up with, at most about
+    /// the N largest tables. It pays off when the database has several
+    /// large tables and the server has cores to spare; one dominant table
+    /// is dumped by one job whatever N (see `benches/README.md`).
+    pub jobs: u32,
+    /// Where the spool directory of a directory-format dump goes; `None`:
+    /// the system's temporary directory.
+    pub spool_dir: Option<PathBuf>,
 }
 
 impl Default for LogicalBackupOptions {
@@ -73,6 +98,8 @@ impl Default for LogicalBackupOptions {
             count_rows: true,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             lock_wait_timeout: None,
+            jobs: 1,
+            spool_dir: None,
         }
     }
 }
@@ -108,6 +135,16 @@ impl LogicalBackupOptions {
         self.lock_wait_timeout = Some(timeout);
         self
     }
+    /// Sets [`jobs`](Self::jobs) (at least 1).
+    pub fn with_jobs(mut self, jobs: u32) -> Self {
+        self.jobs = jobs.max(1);
+        self
+    }
+    /// Sets [`spool_dir`](Self::spool_dir).
+    pub fn with_spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
 }
 
 /// Options of [`restore_logical`].
@@ -123,14 +160,25 @@ pub struct RestoreOptions {
     /// The directory holding `pg_restore`; `None` searches the executable
     /// search path.
     pub bin_dir: Option<PathBuf>,
-    /// `pg_restore` jobs. 1 streams the dump straight into `pg_restore`'s
-    /// standard input (no disk space needed); more spool the verified dump
-    /// to a temporary file first, because a parallel `pg_restore` needs a
-    /// seekable archive.
+    /// `pg_restore` jobs. For a custom-format snapshot, 1 streams the dump
+    /// straight into `pg_restore`'s standard input (no disk space needed);
+    /// more spool the verified dump to a temporary file first, because a
+    /// parallel `pg_restore` needs a seekable archive. A directory-format
+    /// snapshot is always spooled (its objects downloaded in parallel and
+    /// verified) and restored with `pg_restore --jobs N`.
     pub jobs: u32,
-    /// Where the spool file of a parallel restore goes (it needs the dump's
+    /// Where the spool file or directory goes (it needs the dump's
     /// uncompressed size); `None`: the system's temporary directory.
     pub spool_dir: Option<PathBuf>,
+    /// Apply the snapshot's globals (`pg_dumpall --globals-only`: roles,
+    /// tablespaces) to the target server before restoring, carefully:
+    /// only roles that do not exist there are created (with their
+    /// attributes, password hashes and memberships), existing roles are
+    /// never altered (the connecting role's password in particular), and
+    /// tablespaces are skipped (their directories belong to another
+    /// machine). Needs a role that may create roles. See
+    /// `docs/` and [`restore_logical`].
+    pub globals: bool,
     /// The database to connect to for `CREATE`/`DROP`/`ALTER DATABASE`
     /// (default `postgres`, or `template1` when the target is `postgres`).
     pub maintenance_db: Option<String>,
@@ -158,6 +206,7 @@ impl Default for RestoreOptions {
             bin_dir: None,
             jobs: 1,
             spool_dir: None,
+            globals: false,
             maintenance_db: None,
             no_owner: false,
             no_privileges: false,
@@ -183,6 +232,11 @@ impl RestoreOptions {
     /// Sets [`spool_dir`](Self::spool_dir).
     pub fn with_spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.spool_dir = Some(dir.into());
+        self
+    }
+    /// Sets [`globals`](Self::globals).
+    pub fn with_globals(mut self, yes: bool) -> Self {
+        self.globals = yes;
         self
     }
     /// Sets [`maintenance_db`](Self::maintenance_db).
@@ -225,7 +279,7 @@ impl RestoreOptions {
 /// What a logical snapshot's manifest records in `meta`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogicalMeta {
-    /// [`LOGICAL_FORMAT`].
+    /// [`LOGICAL_FORMAT`] or [`LOGICAL_DIRECTORY_FORMAT`].
     pub format: String,
     /// The database dumped.
     pub database: String,
@@ -245,7 +299,9 @@ pub struct LogicalMeta {
     pub lc_collate: String,
     /// The database's `LC_CTYPE`.
     pub lc_ctype: String,
-    /// The snapshot file with the archive ([`DUMP_FILE`]).
+    /// The snapshot file with the archive ([`DUMP_FILE`]), or for the
+    /// directory format the directory holding the dump's files
+    /// ([`DUMP_DIR`]).
     pub dump_file: String,
     /// The snapshot file with the globals, if taken ([`GLOBALS_FILE`]).
     pub globals_file: Option<String>,
@@ -276,6 +332,13 @@ pub struct RecordedOptions {
     pub role_passwords: bool,
     /// Rows counted.
     pub count_rows: bool,
+    /// `pg_dump` jobs (1: custom format; more: directory format).
+    #[serde(default = "one")]
+    pub jobs: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl LogicalMeta {
@@ -286,22 +349,31 @@ impl LogicalMeta {
                 id: manifest.id.clone(),
                 reason: e.to_string(),
             })?;
-        if meta.format != LOGICAL_FORMAT {
+        let needed = match meta.format.as_str() {
+            LOGICAL_FORMAT => meta.dump_file.clone(),
+            LOGICAL_DIRECTORY_FORMAT => format!("{}/{}", meta.dump_file, directory::TOC_FILE),
+            other => {
+                return Err(Error::BadMeta {
+                    id: manifest.id.clone(),
+                    reason: format!(
+                        "format {other:?} is neither {LOGICAL_FORMAT:?} nor \
+                         {LOGICAL_DIRECTORY_FORMAT:?}; this build cannot restore it"
+                    ),
+                });
+            }
+        };
+        if !manifest.files.contains_key(&needed) {
             return Err(Error::BadMeta {
                 id: manifest.id.clone(),
-                reason: format!(
-                    "format {:?} is not {LOGICAL_FORMAT:?}; this build cannot restore it",
-                    meta.format
-                ),
-            });
-        }
-        if !manifest.files.contains_key(&meta.dump_file) {
-            return Err(Error::BadMeta {
-                id: manifest.id.clone(),
-                reason: format!("the manifest lists no file {:?}", meta.dump_file),
+                reason: format!("the manifest lists no file {needed:?}"),
             });
         }
         Ok(meta)
+    }
+
+    /// Whether the dump is in the directory format.
+    pub fn is_directory(&self) -> bool {
+        self.format == LOGICAL_DIRECTORY_FORMAT
     }
 }
 
@@ -315,6 +387,9 @@ mod tests {
         let o: LogicalBackupOptions =
             toml::from_str("globals = true\nlock_wait_timeout = \"30s\"").unwrap();
         assert!(o.globals && o.count_rows);
+        assert_eq!(o.jobs, 1);
+        let four: LogicalBackupOptions = toml::from_str("jobs = 4").unwrap();
+        assert_eq!(four.jobs, 4);
         assert_eq!(o.lock_wait_timeout, Some(Duration::from_secs(30)));
         assert_eq!(o.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
         assert!(toml::from_str::<LogicalBackupOptions>("glob = true").is_err());
@@ -352,11 +427,17 @@ mod tests {
                 globals: false,
                 role_passwords: true,
                 count_rows: true,
+                jobs: 1,
             },
         };
         let value = serde_json::to_value(&meta).unwrap();
         assert_eq!(value["system_identifier"], "7301234567890123456");
-        let back: LogicalMeta = serde_json::from_value(value).unwrap();
+        let back: LogicalMeta = serde_json::from_value(value.clone()).unwrap();
         assert_eq!(back, meta);
+        // Written before the directory format: no jobs recorded.
+        let mut old = value;
+        old["options"].as_object_mut().unwrap().remove("jobs");
+        let back: LogicalMeta = serde_json::from_value(old).unwrap();
+        assert_eq!(back.options.jobs, 1);
     }
 }

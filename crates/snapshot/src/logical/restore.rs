@@ -12,6 +12,7 @@ use time::format_description::well_known::Rfc3339;
 use tokio::io::AsyncWriteExt;
 use warmspare_store::{Manifest, Repository, SnapshotId, SnapshotKind};
 
+use super::globals::{self, GlobalsReport};
 use super::{LogicalMeta, RestoreOptions};
 use crate::error::{Error, Result, RowCountMismatch};
 use crate::event::{Event, ProgressFn, RestoreStep};
@@ -49,6 +50,8 @@ pub struct RestoreReport {
     pub bytes: u64,
     /// `pg_restore` jobs.
     pub jobs: u32,
+    /// What applying the globals did (`None`: not asked for).
+    pub globals: Option<GlobalsReport>,
 }
 
 /// Restores logical snapshot `id` into the database named by `target_url`
@@ -80,7 +83,13 @@ pub struct RestoreReport {
 /// the database's owner, comment and privileges (`pg_dump` without
 /// `--create` does not dump them); the swapped-in database belongs to the
 /// restoring role. Roles must exist on the target unless
-/// [`RestoreOptions::no_owner`] is set (see the snapshot's `globals.sql`).
+/// [`RestoreOptions::no_owner`] is set, or [`RestoreOptions::globals`] has
+/// the missing ones created from the snapshot's `globals.sql` first (step
+/// `apply-globals`; roles created stay even if a later step fails, and
+/// existing roles are never altered: see `logical/globals.rs`).
+///
+/// A directory-format snapshot is downloaded (verified, several objects at
+/// once) into a spool directory and restored with `pg_restore --jobs N`.
 pub async fn restore_logical(
     repo: &Repository,
     id: &SnapshotId,
@@ -226,6 +235,14 @@ async fn prepare(
         });
     }
     let meta = LogicalMeta::from_manifest(&manifest)?;
+    if options.globals && meta.globals_file.is_none() {
+        return Err(Error::BadMeta {
+            id: id.clone(),
+            reason: "the snapshot holds no globals to apply (take it with `backup db \
+                     --globals`)"
+                .into(),
+        });
+    }
 
     steps.enter(RestoreStep::CheckTools);
     let tools = Tools::new(options.bin_dir.as_deref());
@@ -297,6 +314,15 @@ async fn apply(
     let sql = |context: &'static str| move |e| admin_target.sql_error(context, e);
     let server_num = p.info.server_version_num;
 
+    let mut globals_report = None;
+    if options.globals
+        && let Some(file) = &p.meta.globals_file
+    {
+        steps.enter(RestoreStep::ApplyGlobals);
+        let sql = globals::read(repo, &p.manifest, file).await?;
+        globals_report = Some(globals::apply(&mut p.admin, &p.admin_target, &sql).await?);
+    }
+
     steps.enter(RestoreStep::CreateStaging);
     drop_database(&mut p.admin, &p.staging, server_num)
         .await
@@ -332,8 +358,25 @@ async fn apply(
         && let Some(expected) = &p.meta.row_counts
     {
         steps.enter(RestoreStep::CheckRowCounts);
-        tables_checked =
-            Some(check_row_counts(&staging_target, &p.staging, expected, options).await?);
+        // Dropping the previous copy next forces an immediate checkpoint,
+        // which must first write out everything the restore left dirty
+        // (seconds for a large database). Started now, that writing
+        // overlaps the counting, which only reads. Best effort: a role
+        // without the right to CHECKPOINT just skips it.
+        let drop_follows = database_exists(&mut p.admin, &p.previous)
+            .await
+            .map_err(sql("looking for the previous copy"))?;
+        let admin = &mut p.admin;
+        let flush = async move {
+            if drop_follows {
+                let _ = sqlx::query("CHECKPOINT").execute(admin).await;
+            }
+        };
+        let (checked, ()) = tokio::join!(
+            check_row_counts(&staging_target, &p.staging, expected, options),
+            flush
+        );
+        tables_checked = Some(checked?);
     }
 
     steps.enter(RestoreStep::DropPrevious);
@@ -371,6 +414,7 @@ async fn apply(
         tables_checked,
         bytes,
         jobs: options.jobs.max(1),
+        globals: globals_report,
     })
 }
 
@@ -398,9 +442,28 @@ pub(super) async fn restore_dump(
         command.arg("--no-privileges");
     }
     staging.configure_child(&mut command, options.connect_timeout);
+    restore_session_settings(&mut command);
     let bytes = |n| emit(Event::Bytes(n));
     let scrub = |text| staging.scrub(text);
 
+    if meta.is_directory() {
+        let spool = spool_builder("warmspare-restore-", "")
+            .tempdir_in(spool_dir(options))
+            .map_err(|e| Error::Spool {
+                path: spool_dir(options).display().to_string(),
+                source: e,
+            })?;
+        let size =
+            super::directory::download_all(repo, manifest, &meta.dump_file, spool.path(), emit)
+                .await?;
+        command
+            .arg("--format=directory")
+            .arg(format!("--jobs={}", options.jobs.max(1)))
+            .arg(spool.path());
+        let running = tools.spawn(Tool::PgRestore, command)?;
+        running.finish(scrub).await?;
+        return Ok(size);
+    }
     if options.jobs <= 1 {
         command.stdin(Stdio::piped());
         let mut running = tools.spawn(Tool::PgRestore, command)?;
@@ -453,23 +516,12 @@ pub(super) async fn restore_dump(
             }
         }
     } else {
-        let spool = match &options.spool_dir {
-            Some(dir) => tempfile::Builder::new()
-                .prefix("warmspare-restore-")
-                .suffix(".pgdump")
-                .tempfile_in(dir),
-            None => tempfile::Builder::new()
-                .prefix("warmspare-restore-")
-                .suffix(".pgdump")
-                .tempfile(),
-        }
-        .map_err(|e| Error::Spool {
-            path: options.spool_dir.as_ref().map_or_else(
-                || "(temporary directory)".into(),
-                |d| d.display().to_string(),
-            ),
-            source: e,
-        })?;
+        let spool = spool_builder("warmspare-restore-", ".pgdump")
+            .tempfile_in(spool_dir(options))
+            .map_err(|e| Error::Spool {
+                path: spool_dir(options).display().to_string(),
+                source: e,
+            })?;
         let spool_error = |e| Error::Spool {
             path: spool.path().display().to_string(),
             source: e,
@@ -489,6 +541,31 @@ pub(super) async fn restore_dump(
         running.finish(scrub).await?;
         Ok(info.size)
     }
+}
+
+fn spool_builder<'a>(prefix: &'a str, suffix: &'a str) -> tempfile::Builder<'a, 'a> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(suffix);
+    builder
+}
+
+fn spool_dir(options: &RestoreOptions) -> std::path::PathBuf {
+    options.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
+}
+
+/// Settings of `pg_restore`'s sessions, through `PGOPTIONS` (appended to
+/// the caller's own, which the child would otherwise inherit):
+/// `synchronous_commit = off`, because `pg_restore` commits every
+/// statement and waiting for each WAL flush only slows a schema with many
+/// objects down. Nothing is lost: the staging database is only swapped in
+/// by a later, synchronous commit, which flushes all the WAL before it.
+fn restore_session_settings(command: &mut tokio::process::Command) {
+    const SETTINGS: &str = "-c synchronous_commit=off";
+    let options = match std::env::var("PGOPTIONS") {
+        Ok(own) if !own.trim().is_empty() => format!("{own} {SETTINGS}"),
+        _ => SETTINGS.to_owned(),
+    };
+    command.env("PGOPTIONS", options);
 }
 
 /// Counts rows in the staging database and compares them with the

@@ -8,6 +8,7 @@
 mod backend;
 mod bad_input;
 mod fixtures;
+mod logical;
 mod prune;
 mod roundtrip;
 mod spare;
