@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use warmspare_replicate::{PointRequest, SyncOptions, take_recovery_point};
 use warmspare_snapshot::catalog::{self, LATEST};
-use warmspare_snapshot::{LogicalBackupOptions, PruneOptions, RestoreOptions, backup_logical};
+use warmspare_snapshot::{LogicalBackupOptions, RestoreOptions, backup_logical};
 use warmspare_store::{Repository, SnapshotKind, Store};
 
 use crate::clock::Clock;
@@ -415,24 +415,55 @@ async fn prune(env: &Env) -> Result<JobOutcome, JobError> {
         Standing::Unknown(why) => return skipped(why),
     }
     let repo = env.repository(false).await?;
-    let report = warmspare_snapshot::prune(
+    // The whole repository: points, the snapshots they name, inventories
+    // and unreferenced blobs, not the snapshots alone.
+    let report = warmspare_replicate::prune_repository(
         &repo,
         &env.config.retention,
-        &PruneOptions::default(),
+        &warmspare_replicate::RepositoryPruneOptions::default(),
         env.clock.now(),
+        |_| {},
     )
     .await
     .map_err(JobError::failed)?;
     let line = format!(
-        "{} snapshots deleted ({} objects)",
-        report.deleted.len(),
-        report.objects_deleted
+        "{} recovery points, {} snapshots ({} objects), {} inventories and {} blobs deleted",
+        report.points.deleted.len(),
+        report.snapshots.deleted.len(),
+        report.snapshots.objects_deleted,
+        report.inventories.deleted.len(),
+        report.blobs.deleted
     );
-    match report.failures.first() {
+    let first_failure = report
+        .points
+        .failures
+        .iter()
+        .map(|(id, e)| format!("deleting point {id} failed: {e}"))
+        .chain(
+            report
+                .snapshots
+                .failures
+                .iter()
+                .map(|(id, e)| format!("deleting {id} failed: {e}")),
+        )
+        .chain(
+            report
+                .inventories
+                .failures
+                .iter()
+                .map(|(id, e)| format!("deleting inventory {id} failed: {e}")),
+        )
+        .chain(
+            report
+                .blobs
+                .failures
+                .iter()
+                .map(|(path, e)| format!("deleting {path} failed: {e}")),
+        )
+        .next();
+    match first_failure {
         None => Ok(JobOutcome::summary(line)),
-        Some((id, error)) => Err(JobError::msg(format!(
-            "{line}; deleting {id} failed: {error}"
-        ))),
+        Some(failure) => Err(JobError::msg(format!("{line}; {failure}"))),
     }
 }
 

@@ -8,11 +8,13 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
-use warmspare_store::{Repository, SnapshotId, layout};
+use warmspare_store::{EncryptionKey, Repository, SnapshotId, layout};
 
+use crate::activity::{self, Activity, Marker};
+use crate::blob::{self, BlobCodec, Found};
 use crate::error::{Error, Result, Side};
 use crate::inventory::{
     INVENTORY_VERSION, Inventory, InventoryEntry, modified, version_token, write_inventory,
@@ -59,6 +61,19 @@ enum Done {
 /// exists), and an inventory naming them is written to
 /// `inventories/<id>.json.zst` (create-if-absent) with an id for `now`.
 ///
+/// With an encryption key configured, blobs are encrypted under it (their
+/// names stay the SHA-256 of the plaintext, so deduplication still works;
+/// a blob found in plaintext or under another key is rewritten encrypted)
+/// and the inventory too (through the store codec). Encryption configured
+/// without its key loaded refuses the backup.
+///
+/// While it runs, the backup keeps an activity marker in the repository
+/// (`activity/backup/<id>.json`, see `activity.rs`): it waits for a
+/// running prune to finish before it reads the repository, and prune
+/// leaves inventories and blobs alone while the marker is live. The
+/// `previous` inventory is used only if it still exists by then (a prune
+/// may have removed it, and the blobs only it named, since it was read).
+///
 /// An object with the same size and version token as in `previous` is not
 /// read again: its entry is carried over. Objects are read verified (size,
 /// unchanged version after the read; large objects are hashed first and
@@ -76,16 +91,18 @@ pub async fn backup_artifacts(
     progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
 ) -> Result<ArtifactBackup> {
     options.validate()?;
-    if repo.store().encryption_enabled() {
-        // Blobs and inventories are written raw, not through the codec:
-        // refuse rather than store plaintext in an encrypted repository.
-        return Err(Error::InvalidOptions {
-            reason: "artifact backups cannot be encrypted yet, and the repository has \
-                     encryption_key_file set; back up the database alone (`backup db`)"
-                .into(),
-        });
-    }
+    let key = BlobCodec::of(repo).write_key()?.cloned();
     let started = tokio::time::Instant::now();
+    let marker =
+        Marker::acquire(repo, Activity::Backup, now, activity::DEFAULT_STALE_AFTER).await?;
+    activity::wait_for_prune(repo, &marker, |m| {
+        tracing::info!(marker = %m.path, "waiting for a prune to finish");
+    })
+    .await?;
+    let previous = match previous {
+        Some(p) if inventory_exists(repo, &p.id).await? => Some(Arc::new(p.clone())),
+        _ => None,
+    };
     let ctx = Ctx::new(
         source,
         repo.store().object_store(),
@@ -93,12 +110,12 @@ pub async fn backup_artifacts(
         Arc::new(progress),
         false,
     );
-    let previous = previous.cloned().map(Arc::new);
+    let key = key.map(Arc::new);
     let window = options.concurrency.saturating_mul(16).max(64);
     let listing = sorted_listing(Arc::clone(source), Side::Source, options.list_order);
     let scheduler = Arc::clone(&ctx);
     let mut done = listing
-        .map(move |item| schedule(&scheduler, previous.clone(), item))
+        .map(move |item| schedule(&scheduler, previous.clone(), key.clone(), item))
         .buffered(window);
 
     let mut entries = Vec::new();
@@ -135,6 +152,13 @@ pub async fn backup_artifacts(
     }
     drop(done);
 
+    if marker.lapsed() {
+        return Err(Error::Task {
+            reason: "the backup's activity marker could not be kept fresh, so a prune may have \
+                     removed blobs this backup reuses; nothing was recorded, run it again"
+                .into(),
+        });
+    }
     let mut last = None;
     for _ in 0..8 {
         let inventory = Inventory {
@@ -146,6 +170,7 @@ pub async fn backup_artifacts(
         };
         match write_inventory(repo, &inventory).await {
             Ok(()) => {
+                marker.release().await;
                 return Ok(ArtifactBackup {
                     inventory,
                     unchanged,
@@ -172,9 +197,25 @@ pub async fn backup_artifacts(
     }))
 }
 
+/// Whether inventory `id` is (still) in the repository.
+async fn inventory_exists(repo: &Repository, id: &SnapshotId) -> Result<bool> {
+    let path = layout::inventory(id);
+    match repo.store().object_store().head(&path).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(Error::object(
+            Side::Repository,
+            path.to_string(),
+            "checking",
+            e,
+        )),
+    }
+}
+
 fn schedule(
     ctx: &Arc<Ctx>,
     previous: Option<Arc<Inventory>>,
+    key: Option<Arc<EncryptionKey>>,
     item: Result<ObjectMeta>,
 ) -> BoxFuture<'static, Result<Done>> {
     let meta = match item {
@@ -204,8 +245,9 @@ fn schedule(
                 reason: "the worker pool was closed".into(),
             });
         };
-        let key = meta.location.to_string();
-        match retrying(&ctx, &key, || store_one(&ctx, &meta)).await {
+        let name = meta.location.to_string();
+        let key = key.as_deref();
+        match retrying(&ctx, &name, || store_one(&ctx, &meta, key)).await {
             Err(e) if e.is_not_found() => Ok(Done::Vanished),
             other => other,
         }
@@ -214,12 +256,16 @@ fn schedule(
 }
 
 /// Stores one object's blob (unless present) and returns its entry.
-async fn store_one(ctx: &Ctx, listed: &ObjectMeta) -> Result<Done> {
+async fn store_one(
+    ctx: &Ctx,
+    listed: &ObjectMeta,
+    encryption: Option<&EncryptionKey>,
+) -> Result<Done> {
     let key = &listed.location;
     let (sha256, read, stored) = if listed.size < ctx.options.part_size as u64 {
-        small(ctx, key).await?
+        small(ctx, key, encryption).await?
     } else {
-        large(ctx, key).await?
+        large(ctx, key, encryption).await?
     };
     let token_meta = if crate::state::same_version(listed, &read) {
         listed
@@ -239,22 +285,13 @@ async fn store_one(ctx: &Ctx, listed: &ObjectMeta) -> Result<Done> {
     })
 }
 
-async fn blob_exists(ctx: &Ctx, blob: &Path) -> Result<bool> {
-    match ctx.target.head(blob).await {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(Error::object(
-            Side::Repository,
-            blob.to_string(),
-            "checking",
-            e,
-        )),
-    }
-}
-
 /// Small objects: read into memory (within the buffer budget), hash, then
-/// write the blob create-if-absent.
-async fn small(ctx: &Ctx, key: &Path) -> Result<(String, ObjectMeta, Option<u64>)> {
+/// write the blob (encrypted with a key) create-if-absent.
+async fn small(
+    ctx: &Ctx,
+    key: &Path,
+    encryption: Option<&EncryptionKey>,
+) -> Result<(String, ObjectMeta, Option<u64>)> {
     let mut body = open_body(&ctx.source, key, Side::Source).await?;
     let size = body.meta.size;
     let len = usize::try_from(size).unwrap_or(usize::MAX);
@@ -291,16 +328,21 @@ async fn small(ctx: &Ctx, key: &Path) -> Result<(String, ObjectMeta, Option<u64>
     }
     let sha256 = hex::encode(Sha256::digest(&buf));
     let blob = layout::blob(&sha256)?;
-    if blob_exists(ctx, &blob).await? {
+    let found = blob::probe(&ctx.target, &blob, encryption).await?;
+    if found == Found::Usable {
         return Ok((sha256, body.meta, None));
     }
+    let payload = match encryption {
+        Some(k) => blob::encrypt(k, &buf).await?,
+        None => buf,
+    };
     let options = PutOptions {
-        mode: PutMode::Create,
+        mode: blob::put_mode(found),
         ..PutOptions::default()
     };
     match ctx
         .target
-        .put_opts(&blob, PutPayload::from(Bytes::from(buf)), options)
+        .put_opts(&blob, PutPayload::from(Bytes::from(payload)), options)
         .await
     {
         Ok(_) => Ok((sha256, body.meta, Some(size))),
@@ -315,12 +357,38 @@ async fn small(ctx: &Ctx, key: &Path) -> Result<(String, ObjectMeta, Option<u64>
 }
 
 /// Large objects: hash first (the blob's name), then, if the blob is
-/// missing, copy with the upload committed only if the bytes match.
-async fn large(ctx: &Ctx, key: &Path) -> Result<(String, ObjectMeta, Option<u64>)> {
+/// missing, copy (encrypting with a key) with the upload committed only if
+/// the bytes match.
+async fn large(
+    ctx: &Ctx,
+    key: &Path,
+    encryption: Option<&EncryptionKey>,
+) -> Result<(String, ObjectMeta, Option<u64>)> {
     let hashed = ctx.mover.hash(&ctx.source, key, Side::Source).await?;
     let blob = layout::blob(&hashed.sha256)?;
-    if blob_exists(ctx, &blob).await? {
+    let found = blob::probe(&ctx.target, &blob, encryption).await?;
+    if found == Found::Usable {
         return Ok((hashed.sha256, hashed.meta, None));
+    }
+    if let Some(encryption) = encryption {
+        let stored = blob::store_encrypted(
+            &ctx.mover,
+            &ctx.source,
+            key,
+            &ctx.target,
+            &blob,
+            &hashed.sha256,
+            encryption,
+            blob::put_mode(found),
+        )
+        .await?;
+        if !crate::state::same_version(&hashed.meta, &stored.source) {
+            return Err(Error::Changed {
+                side: Side::Source,
+                key: key.to_string(),
+            });
+        }
+        return Ok((hashed.sha256, stored.source, Some(stored.size)));
     }
     let request = CopyRequest {
         source: &ctx.source,

@@ -3,21 +3,24 @@
 //! blobs at `blobs/sha256/<2>/<64>`.
 //!
 //! An inventory is a self-checking record (the manifest envelope, see
-//! `record.rs`) compressed with zstd, written once (create-if-absent).
-//! Blobs are stored as raw bytes: their name is their SHA-256, so every
-//! read checks them against their name (artifacts such as `.hart` files
-//! are compressed already).
+//! `record.rs`) written once (create-if-absent) as a *sealed* object of
+//! the store codec (`warmspare_store::Codec::put_sealed`): zstd-compressed,
+//! encrypted when the repository has a key, carrying its own sizes and
+//! digests in a seal that also names its path. Inventories written before
+//! (plain zstd frames) are still read.
+//!
+//! Blobs are named by the SHA-256 of their content, which every read
+//! checks (see `blob.rs` for how they are stored).
 
 use std::io::Cursor;
 
-use async_compression::Level;
-use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
+use async_compression::tokio::bufread::ZstdDecoder;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::io::AsyncReadExt;
-use warmspare_store::{Repository, SnapshotId, layout};
+use warmspare_store::{Codec, Compression, Repository, SealedPut, SnapshotId, layout};
 
 use crate::error::{Error, Result, Side};
 use crate::merge::Keyed;
@@ -132,40 +135,62 @@ impl Inventory {
     }
 }
 
-/// Writes `inventory` to `inventories/<id>.json.zst`, create-if-absent.
+/// The codec inventories are written with: always zstd (JSON compresses
+/// well, whatever the repository's setting for data objects), encrypted
+/// as the repository's data objects are.
+fn codec(repo: &Repository) -> Codec {
+    let data = repo.store().codec();
+    Codec::new(Compression::Zstd).with_encryption(data.encryption().clone())
+}
+
+/// Writes `inventory` to `inventories/<id>.json.zst`, create-if-absent,
+/// through the store codec (compressed; encrypted when the repository has
+/// a key; refused when encryption is configured without its key). An
+/// inventory with the same id and other content is
+/// `warmspare_store::Error::AlreadyExists`; the same content again (a
+/// retried write) succeeds.
 pub async fn write_inventory(repo: &Repository, inventory: &Inventory) -> Result<()> {
     let path = layout::inventory(&inventory.id);
     inventory.check(&path)?;
     let json = record::encode(KIND, &path, inventory)?;
-    let mut compressed = Vec::with_capacity(json.len() / 4);
-    ZstdEncoder::with_quality(Cursor::new(json), Level::Precise(3))
-        .read_to_end(&mut compressed)
-        .await
-        .map_err(|e| Error::Corrupt {
+    let store = repo.store().object_store();
+    match codec(repo)
+        .put_sealed(store, &path, &json[..], MAX_DECODED)
+        .await?
+    {
+        SealedPut::Created(_) => Ok(()),
+        SealedPut::Exists { ours, existing } if ours.content_sha256 == existing.content_sha256 => {
+            Ok(())
+        }
+        SealedPut::Exists { .. } => Err(Error::Repository(warmspare_store::Error::AlreadyExists {
             path: path.to_string(),
-            reason: format!("cannot compress: {e}"),
-        })?;
-    record::create(repo, &path, compressed).await
+        })),
+    }
 }
 
-/// Reads and checks inventory `id`.
+/// Reads and checks inventory `id`. An encrypted inventory needs the
+/// repository's key: without it, or with another, the error says so
+/// (`warmspare_store::Error::KeyMissing`, `WrongKey`) and names the
+/// object.
 pub async fn read_inventory(repo: &Repository, id: &SnapshotId) -> Result<Inventory> {
     let path = layout::inventory(id);
-    let compressed = record::read(repo, &path)
-        .await?
-        .ok_or_else(|| Error::NotFound {
-            what: "inventory",
-            id: id.to_string(),
-        })?;
+    let not_found = || Error::NotFound {
+        what: "inventory",
+        id: id.to_string(),
+    };
     let mut json = Vec::new();
-    ZstdDecoder::new(Cursor::new(compressed))
-        .take(MAX_DECODED)
-        .read_to_end(&mut json)
+    match codec(repo)
+        .get_sealed(repo.store().object_store(), &path, &mut json)
         .await
-        .map_err(|e| Error::Corrupt {
-            path: path.to_string(),
-            reason: format!("cannot decompress: {e}"),
-        })?;
+    {
+        Ok(_) => {}
+        Err(warmspare_store::Error::NotFound { .. }) => return Err(not_found()),
+        // Not sealed: an inventory of an earlier build (a plain zstd frame).
+        Err(warmspare_store::Error::Corrupt { .. }) if is_legacy(repo, &path).await? => {
+            json = read_legacy(repo, &path).await?.ok_or_else(not_found)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
     let inventory: Inventory = record::decode(KIND, u64::from(INVENTORY_VERSION), &path, &json)?;
     if inventory.id != *id {
         return Err(Error::Corrupt {
@@ -175,6 +200,35 @@ pub async fn read_inventory(repo: &Repository, id: &SnapshotId) -> Result<Invent
     }
     inventory.check(&path)?;
     Ok(inventory)
+}
+
+/// The magic of a zstd frame, which inventories of earlier builds start
+/// with (sealed ones start with a skippable frame).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+async fn is_legacy(repo: &Repository, path: &Path) -> Result<bool> {
+    use object_store::ObjectStoreExt;
+    match repo.store().object_store().get_range(path, 0..4).await {
+        Ok(head) => Ok(head.as_ref() == ZSTD_MAGIC),
+        Err(_) => Ok(false),
+    }
+}
+
+/// An inventory of an earlier build: the envelope in one zstd frame.
+async fn read_legacy(repo: &Repository, path: &Path) -> Result<Option<Vec<u8>>> {
+    let Some(compressed) = record::read(repo, path).await? else {
+        return Ok(None);
+    };
+    let mut json = Vec::new();
+    ZstdDecoder::new(Cursor::new(compressed))
+        .take(MAX_DECODED)
+        .read_to_end(&mut json)
+        .await
+        .map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            reason: format!("cannot decompress: {e}"),
+        })?;
+    Ok(Some(json))
 }
 
 /// Ids of the inventories in the repository, newest first.
@@ -214,6 +268,10 @@ mod tests {
     use time::macros::datetime;
     use warmspare_store::{Store, StoreConfig};
 
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
     #[tokio::test]
     async fn write_read_list() {
         let dir = tempfile::tempdir().unwrap();
@@ -238,9 +296,18 @@ mod tests {
             }],
         };
         write_inventory(&repo, &inventory).await.unwrap();
+        // A retried write of the same record succeeds; another record under
+        // the same id does not replace it.
+        write_inventory(&repo, &inventory).await.unwrap();
+        let mut other = inventory.clone();
+        other.entries[0].size = 4;
+        let err = write_inventory(&repo, &other).await.unwrap_err();
         assert!(
-            write_inventory(&repo, &inventory).await.is_err(),
-            "create-if-absent"
+            matches!(
+                err,
+                Error::Repository(warmspare_store::Error::AlreadyExists { .. })
+            ),
+            "create-if-absent: {err:?}"
         );
         assert_eq!(
             read_inventory(&repo, &inventory.id).await.unwrap(),
@@ -256,6 +323,110 @@ mod tests {
                 .await
                 .unwrap_err()
                 .is_not_found()
+        );
+    }
+
+    fn sample(now: OffsetDateTime) -> Inventory {
+        Inventory {
+            version: INVENTORY_VERSION,
+            id: SnapshotId::with_suffix(now, 9),
+            taken: now,
+            source: Some("s3://secret-bucket".into()),
+            entries: vec![InventoryEntry {
+                key: "core/secret-package/1.0/x.hart".into(),
+                size: 3,
+                sha256: "cd".repeat(32),
+                last_modified: now,
+                version: None,
+            }],
+        }
+    }
+
+    #[tokio::test]
+    async fn encrypted_inventories_need_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", dir.path().display());
+        let key = warmspare_store::EncryptionKey::generate();
+        let now = datetime!(2026-11-22 10:15:00 UTC);
+        let open = |key: Option<&warmspare_store::EncryptionKey>| {
+            let mut config = StoreConfig::new(url.clone());
+            if let Some(key) = key {
+                config = config.with_encryption_key(key.clone());
+            }
+            Store::open(&config).unwrap()
+        };
+        let repo = Repository::init(open(Some(&key)), now).await.unwrap();
+        let inventory = sample(now);
+        write_inventory(&repo, &inventory).await.unwrap();
+        assert_eq!(
+            read_inventory(&repo, &inventory.id).await.unwrap(),
+            inventory
+        );
+        let stored =
+            std::fs::read(dir.path().join(layout::inventory(&inventory.id).as_ref())).unwrap();
+        assert!(
+            !contains(&stored, b"secret-package"),
+            "keys are not readable"
+        );
+        assert!(!contains(&stored, b"secret-bucket"));
+
+        let plain = Repository::open(open(None)).await.unwrap();
+        let err = read_inventory(&plain, &inventory.id).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Repository(warmspare_store::Error::KeyMissing { .. })
+            ),
+            "{err:?}"
+        );
+        let other = warmspare_store::EncryptionKey::generate();
+        let wrong = Repository::open(open(Some(&other))).await.unwrap();
+        let err = read_inventory(&wrong, &inventory.id).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("wrong key: object inventories/"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn inventories_of_earlier_builds_are_read() {
+        use async_compression::Level;
+        use async_compression::tokio::bufread::ZstdEncoder;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StoreConfig::new(format!(
+            "file://{}",
+            dir.path().display()
+        )))
+        .unwrap();
+        let now = datetime!(2026-11-22 10:15:00 UTC);
+        let repo = Repository::init(store, now).await.unwrap();
+        let inventory = sample(now);
+        let path = layout::inventory(&inventory.id);
+        let json = record::encode(KIND, &path, &inventory).unwrap();
+        let mut compressed = Vec::new();
+        ZstdEncoder::with_quality(Cursor::new(json), Level::Precise(3))
+            .read_to_end(&mut compressed)
+            .await
+            .unwrap();
+        record::create(&repo, &path, compressed).await.unwrap();
+        assert_eq!(
+            read_inventory(&repo, &inventory.id).await.unwrap(),
+            inventory
+        );
+
+        // Garbage is neither.
+        let junk = SnapshotId::with_suffix(now, 10);
+        record::create(&repo, &layout::inventory(&junk), b"junk".to_vec())
+            .await
+            .unwrap();
+        let err = read_inventory(&repo, &junk).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Repository(warmspare_store::Error::Corrupt { .. })
+            ),
+            "{err:?}"
         );
     }
 }

@@ -15,6 +15,10 @@
 //!   (through `warmspare-snapshot`), the WAL position and an artifact
 //!   inventory, recorded as a [`RecoveryPoint`]; [`write_point`],
 //!   [`read_point`], [`list_points`] and [`resolve_inventory`].
+//! * [`prune_repository`] (`warmspare prune`): retention of recovery
+//!   points, the snapshots and inventories kept points name, and a
+//!   mark-and-sweep of blobs no kept inventory names, safe against backups
+//!   running meanwhile ([`RepositoryPruneOptions`], [`RepositoryPruneReport`]).
 //! * [`reconcile`]: database rows (queried by the caller) against a store:
 //!   missing keys, digest mismatches, objects no row names.
 //! * [`Error`] with [`Error::is_retryable`]; [`DeleteRefusal`] says why
@@ -74,9 +78,15 @@
 //!   succeeded and the listings completed, never for an empty source
 //!   listing against a non-empty target, and within `max_delete` (1000)
 //!   and `max_delete_fraction` (half the target) unless `force`.
-//! * **Blobs are content-addressed raw bytes** (`blobs/sha256/<2>/<64>`),
-//!   checked against their name on every restore; inventories and points
-//!   are self-checking records written create-if-absent.
+//! * **Blobs are content-addressed** (`blobs/sha256/<2>/<64>`, the SHA-256
+//!   of the plaintext): raw bytes, or with a repository key encrypted by
+//!   the store's STREAM construction, so deduplication works either way;
+//!   checked against their name on every restore. Inventories are sealed
+//!   objects of the store codec (compressed, encrypted with a key); points
+//!   are self-checking records; all are written create-if-absent.
+//! * **Garbage collection never races a backup**: backups and prune
+//!   announce themselves with activity markers and check for each other
+//!   after announcing (see `docs/repository-format.md`).
 //! * **Bounded resources**: a token-bucket byte-rate limit shared by all
 //!   workers ([`RateLimiter`]), a buffer budget for uploads, a bounded
 //!   window of keys in flight.
@@ -86,23 +96,32 @@
 // Tests may unwrap; library code may not (workspace lint `unwrap_used`).
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod activity;
 mod backup;
+mod blob;
+mod endpoint;
 mod error;
+mod gc;
 mod guard;
 mod inventory;
+mod journal;
 mod limit;
 pub mod listing;
+mod local;
 mod merge;
 mod options;
 mod point;
+mod prune;
 mod reconcile;
 mod record;
+mod recorder;
 mod recovery;
 mod restore;
 pub mod state;
 pub mod sync;
 mod transfer;
 
+pub use activity::DEFAULT_STALE_AFTER as DEFAULT_MARKER_STALE_AFTER;
 pub use backup::{ArtifactBackup, backup_artifacts};
 pub use error::{Error, Result, Side};
 pub use guard::DeleteRefusal;
@@ -112,16 +131,21 @@ pub use inventory::{
 pub use limit::RateLimiter;
 pub use listing::{ListOrder, RESERVED_PREFIX};
 pub use options::{
-    DEFAULT_BUFFER_MEMORY, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELETE, DEFAULT_MAX_DELETE_FRACTION,
-    DEFAULT_PART_SIZE, DEFAULT_RETRIES, SourceVerify, SyncOptions, parse_byte_rate,
+    DEFAULT_BUFFER_MEMORY, DEFAULT_CHECKPOINT_OBJECTS, DEFAULT_CONCURRENCY, DEFAULT_MAX_DELETE,
+    DEFAULT_MAX_DELETE_FRACTION, DEFAULT_PART_SIZE, DEFAULT_RETRIES, SourceVerify, SyncOptions,
+    parse_byte_rate,
 };
 pub use point::{
     POINT_VERSION, RecoveryPoint, list_points, read_point, resolve_inventory, write_point,
+};
+pub use prune::{
+    BlobSweep, DEFAULT_BLOB_GRACE, InventoryPrune, MAX_LISTED_BLOBS, PointPrune, PruneEvent,
+    RepositoryPruneOptions, RepositoryPruneReport, prune_repository,
 };
 pub use reconcile::{
     DigestAlgorithm, ExpectedArtifact, MAX_REPORTED_KEYS, Mismatch, ReconcileReport, reconcile,
 };
 pub use recovery::{PointEvent, PointRequest, TakenPoint, previous_inventory, take_recovery_point};
 pub use restore::restore_artifacts;
-pub use sync::{ProgressFn, SyncEvent, SyncReport, sync};
+pub use sync::{Endpoint, ProgressFn, SyncEvent, SyncReport, sync, sync_endpoints};
 pub use warmspare_store::object_store;

@@ -189,7 +189,12 @@ pub async fn previous_inventory(
     search: usize,
 ) -> Result<Option<Inventory>> {
     for id in list_inventories(repo).await?.into_iter().take(search) {
-        let inventory = read_inventory(repo, &id).await?;
+        let inventory = match read_inventory(repo, &id).await {
+            Ok(inventory) => inventory,
+            // Pruned since the listing.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
         if inventory.source.as_deref() == source {
             return Ok(Some(inventory));
         }

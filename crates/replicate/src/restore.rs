@@ -7,8 +7,9 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use futures::stream::{self, StreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use warmspare_store::{Repository, SnapshotId, layout};
+use warmspare_store::{EncryptionKey, Repository, SnapshotId, layout};
 
+use crate::blob::{self, BlobCodec};
 use crate::error::{Error, Result, Side};
 use crate::inventory::{InventoryEntry, read_inventory};
 use crate::listing::{is_reserved, sorted_listing};
@@ -41,6 +42,11 @@ enum Work {
 /// aside) and reports the same way: `copied` counts restored objects. The
 /// target's sync state is kept up to date, so a mirror into the same store
 /// afterwards does not re-read what the restore wrote.
+///
+/// In an encrypted repository the inventory and the blobs are decrypted
+/// with the repository's key; without it, or with another, reading the
+/// inventory fails first (`warmspare_store::Error::KeyMissing`,
+/// `WrongKey`), before anything is written.
 pub async fn restore_artifacts(
     repo: &Repository,
     inventory_id: &SnapshotId,
@@ -78,7 +84,10 @@ pub async fn restore_artifacts(
         Box::new(|e| tracing::warn!(error = %e, "ignoring the rest of the sync state")),
     );
     let scheduler = Arc::clone(&ctx);
-    let outcomes = items.map(move |item| schedule(&scheduler, item)).boxed();
+    let key = BlobCodec::of(repo).read_key().cloned().map(Arc::new);
+    let outcomes = items
+        .map(move |item| schedule(&scheduler, key.clone(), item))
+        .boxed();
     // The state keeps naming the mirror's source: entries the restore did
     // not touch keep their source tokens.
     let mut report = drive(&ctx, outcomes, recorded_source).await?;
@@ -88,6 +97,7 @@ pub async fn restore_artifacts(
 
 fn schedule(
     ctx: &Arc<Ctx>,
+    key: Option<Arc<EncryptionKey>>,
     item: Result<(Pair<InventoryEntry, ObjectMeta>, Option<StateEntry>)>,
 ) -> BoxFuture<'static, Scheduled> {
     let ready = |a, b, o| futures::future::ready((a, b, o)).boxed();
@@ -124,11 +134,11 @@ fn schedule(
         }
     };
     let ctx = Arc::clone(ctx);
-    let task = Task::spawn(async move { work_on(&ctx, work).await });
+    let task = Task::spawn(async move { work_on(&ctx, key.as_deref(), work).await });
     async move { (true, in_target, task.await.unwrap_or_else(Outcome::Fatal)) }.boxed()
 }
 
-async fn work_on(ctx: &Ctx, work: Work) -> Outcome {
+async fn work_on(ctx: &Ctx, key: Option<&EncryptionKey>, work: Work) -> Outcome {
     let Ok(_worker) = ctx.workers.acquire().await else {
         return Outcome::Fatal(Error::Task {
             reason: "the worker pool was closed".into(),
@@ -176,7 +186,7 @@ async fn work_on(ctx: &Ctx, work: Work) -> Outcome {
             entry: None,
         };
     }
-    let restored = restore_one(ctx, &entry).await;
+    let restored = restore_one(ctx, key, &entry).await;
     match restored {
         Ok(state) => Outcome::Copied {
             key: entry.key,
@@ -191,9 +201,50 @@ async fn work_on(ctx: &Ctx, work: Work) -> Outcome {
     }
 }
 
-async fn restore_one(ctx: &Ctx, entry: &InventoryEntry) -> Result<StateEntry> {
+/// Writes one object from its blob; with a key, through [`blob::restore`]
+/// (decrypting encrypted blobs), else as a plain verified copy.
+async fn restore_one(
+    ctx: &Ctx,
+    encryption: Option<&EncryptionKey>,
+    entry: &InventoryEntry,
+) -> Result<StateEntry> {
     let blob = layout::blob(&entry.sha256)?;
     let key = object_store::path::Path::from(entry.key.as_str());
+    if let Some(encryption) = encryption {
+        let restored = retrying(ctx, &entry.key, || async {
+            let read = |how| {
+                blob::restore(
+                    &ctx.mover,
+                    &ctx.source,
+                    &blob,
+                    &entry.sha256,
+                    entry.size,
+                    &ctx.target,
+                    &key,
+                    how,
+                )
+            };
+            match read(blob::Read::Auto(encryption)).await {
+                // Perhaps a plaintext blob that begins like an encryption
+                // header: accepted only if its digest is its name.
+                Err(e) if blob::is_decryption_error(&e) => match read(blob::Read::Plain).await {
+                    Ok(restored) => Ok(restored),
+                    Err(Error::DigestMismatch { .. } | Error::SizeMismatch { .. }) => Err(e),
+                    Err(other) => Err(other),
+                },
+                other => other,
+            }
+        })
+        .await?;
+        ctx.bytes_read.fetch_add(restored.size, Ordering::Relaxed);
+        return Ok(StateEntry {
+            key: entry.key.clone(),
+            size: restored.size,
+            sha256: restored.sha256,
+            target: target_token(ctx, &key, restored.e_tag).await,
+            source: None,
+        });
+    }
     let attempts = Attempts::default();
     let copied = retrying(ctx, &entry.key, || async {
         let request = CopyRequest {
@@ -210,25 +261,43 @@ async fn restore_one(ctx: &Ctx, entry: &InventoryEntry) -> Result<StateEntry> {
         };
         ctx.mover.copy(&request, &attempts).await
     })
-    .await?;
+    .await;
+    let copied = match copied {
+        Ok(copied) => copied,
+        // An encrypted blob read without a key: say so.
+        Err(e @ Error::DigestMismatch { .. }) => {
+            return Err(match blob::encrypted_with(&ctx.source, &blob).await {
+                Some(key_id) => Error::Repository(warmspare_store::Error::KeyMissing {
+                    path: blob.to_string(),
+                    key_id,
+                }),
+                None => e,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     ctx.bytes_read.fetch_add(copied.size, Ordering::Relaxed);
-    let target = match copied.target_e_tag {
+    Ok(StateEntry {
+        key: entry.key.clone(),
+        size: copied.size,
+        sha256: copied.sha256,
+        target: target_token(ctx, &key, copied.target_e_tag).await,
+        source: None,
+    })
+}
+
+/// The target's version token of an object just written.
+async fn target_token(ctx: &Ctx, key: &object_store::path::Path, e_tag: Option<String>) -> Token {
+    match e_tag {
         Some(e_tag) => Token {
             e_tag: Some(e_tag),
             mtime: None,
         },
         None => ctx
             .target
-            .head(&key)
+            .head(key)
             .await
             .map(|m| Token::of(&m))
             .unwrap_or_default(),
-    };
-    Ok(StateEntry {
-        key: entry.key.clone(),
-        size: copied.size,
-        sha256: copied.sha256,
-        target,
-        source: None,
-    })
+    }
 }

@@ -1,6 +1,6 @@
 //! [`prune()`]: the retention plan applied to a repository.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -27,6 +27,11 @@ pub struct PruneOptions {
     pub incomplete_grace: Duration,
     /// Plan only; delete nothing.
     pub dry_run: bool,
+    /// Snapshots kept whatever the retention rules say: those named by
+    /// kept recovery points (`warmspare-replicate` fills this in). Kept
+    /// physical snapshots among them keep their WAL too.
+    #[serde(skip)]
+    pub protected: BTreeSet<SnapshotId>,
 }
 
 impl Default for PruneOptions {
@@ -34,6 +39,7 @@ impl Default for PruneOptions {
         Self {
             incomplete_grace: DEFAULT_INCOMPLETE_GRACE,
             dry_run: false,
+            protected: BTreeSet::new(),
         }
     }
 }
@@ -47,6 +53,11 @@ impl PruneOptions {
     /// Sets [`dry_run`](Self::dry_run).
     pub fn with_dry_run(mut self, dry_run: bool) -> Self {
         self.dry_run = dry_run;
+        self
+    }
+    /// Sets [`protected`](Self::protected).
+    pub fn with_protected(mut self, protected: BTreeSet<SnapshotId>) -> Self {
+        self.protected = protected;
         self
     }
 }
@@ -111,7 +122,9 @@ impl PruneReport {
 ///
 /// Retention is planned separately for each group of snapshots of one kind
 /// and one database ([`retention::plan`]), so that the snapshots of one
-/// database never push out those of another. Incomplete snapshots older than
+/// database never push out those of another. Snapshots in
+/// [`PruneOptions::protected`] are kept whatever the rules say
+/// ([`retention::Plan::protect`]), incomplete ones included. Incomplete snapshots older than
 /// the grace period are removed ([`retention::plan_incomplete`]). A snapshot
 /// whose manifest cannot be read is kept and reported. Deleting a snapshot
 /// removes its manifest first, so it disappears from listings at once,
@@ -157,11 +170,15 @@ pub async fn prune(
         }
     }
     for (group, snapshots) in groups.into_values() {
-        let plan = retention::plan(&snapshots, config);
+        let mut plan = retention::plan(&snapshots, config);
+        plan.protect(&options.protected);
         report.groups.push(GroupPlan { group, plan });
     }
     let incomplete = repo.incomplete_snapshots().await?;
     report.incomplete = retention::plan_incomplete(&incomplete, options.incomplete_grace, now);
+    report
+        .incomplete
+        .retain(|d| !options.protected.contains(&d.id));
 
     let oldest_wal = oldest_kept_wal(repo, &report).await?;
     if options.dry_run {

@@ -19,6 +19,12 @@
 //!
 //! The newest snapshot is always kept (`keep_last = 0` acts as 1, and
 //! [`RetentionConfig::validate`] refuses it).
+//!
+//! Some snapshots are kept whatever the rules say: those a kept recovery
+//! point names (a point whose snapshot is gone is broken). [`Plan::protect`]
+//! moves them from `delete` to `keep` with [`KeepReason::Referenced`]; the
+//! same planner, with the same protection, decides which recovery points
+//! and artifact inventories `prune` keeps.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -111,6 +117,9 @@ pub enum KeepReason {
         /// The month, 1 to 12.
         month: u8,
     },
+    /// Named by something that is kept (a recovery point names its
+    /// snapshot and its inventory): deleting it would break that.
+    Referenced,
 }
 
 fn serialize_date<S: serde::Serializer>(date: &Date, s: S) -> Result<S::Ok, S::Error> {
@@ -124,6 +133,7 @@ impl fmt::Display for KeepReason {
             KeepReason::Daily { date } => write!(f, "daily {date}"),
             KeepReason::Weekly { year, week } => write!(f, "weekly {year}-W{week:02}"),
             KeepReason::Monthly { year, month } => write!(f, "monthly {year}-{month:02}"),
+            KeepReason::Referenced => f.write_str("named by a kept recovery point"),
         }
     }
 }
@@ -182,6 +192,37 @@ pub struct Plan {
     pub keep: Vec<Keep>,
     /// Deleted.
     pub delete: Vec<Delete>,
+}
+
+impl Plan {
+    /// Keeps every snapshot of `protected` that the plan deletes, with
+    /// [`KeepReason::Referenced`] (added to the reasons of a snapshot the
+    /// rules keep anyway). Ids of `protected` that the plan does not know
+    /// are ignored. Both lists stay newest first.
+    pub fn protect(&mut self, protected: &BTreeSet<SnapshotId>) {
+        if protected.is_empty() {
+            return;
+        }
+        for keep in &mut self.keep {
+            if protected.contains(&keep.id) && !keep.reasons.contains(&KeepReason::Referenced) {
+                keep.reasons.push(KeepReason::Referenced);
+            }
+        }
+        let (spared, delete): (Vec<Delete>, Vec<Delete>) = std::mem::take(&mut self.delete)
+            .into_iter()
+            .partition(|d| protected.contains(&d.id));
+        self.delete = delete;
+        if spared.is_empty() {
+            return;
+        }
+        self.keep.extend(spared.into_iter().map(|d| Keep {
+            id: d.id,
+            time: d.time,
+            reasons: vec![KeepReason::Referenced],
+        }));
+        self.keep
+            .sort_by(|a, b| b.time.cmp(&a.time).then_with(|| b.id.cmp(&a.id)));
+    }
 }
 
 /// Decides which of `snapshots` (id and time, in any order; a repeated id
@@ -559,6 +600,60 @@ mod tests {
             let mut reversed = input.clone();
             reversed.reverse();
             prop_assert_eq!(plan(&reversed, &c), p);
+        }
+
+        #[test]
+        fn protection_only_moves_deletions_to_keep(
+            input in snapshots(),
+            c in config(),
+            picks in proptest::collection::vec(any::<prop::sample::Index>(), 0..10),
+            strangers in 0u16..3,
+        ) {
+            let p = plan(&input, &c);
+            let mut protected: BTreeSet<SnapshotId> = picks
+                .iter()
+                .filter(|_| !input.is_empty())
+                .map(|i| i.get(&input).0.clone())
+                .collect();
+            // Ids the plan does not know are ignored.
+            for s in 0..strangers {
+                protected.insert(SnapshotId::with_suffix(datetime!(2030-01-01 00:00 UTC), s));
+            }
+            let mut q = p.clone();
+            q.protect(&protected);
+
+            let kept: BTreeSet<SnapshotId> = q.keep.iter().map(|k| k.id.clone()).collect();
+            let deleted: BTreeSet<SnapshotId> = q.delete.iter().map(|d| d.id.clone()).collect();
+            let before: BTreeSet<SnapshotId> = p.keep.iter().map(|k| k.id.clone()).collect();
+            let known: BTreeSet<SnapshotId> = input.iter().map(|(id, _)| id.clone()).collect();
+            // Still a partition of the input.
+            prop_assert!(kept.is_disjoint(&deleted));
+            prop_assert_eq!(kept.len() + deleted.len(), known.len());
+            prop_assert_eq!(q.keep.len(), kept.len());
+            // Kept: what the rules keep plus every known protected id.
+            let want: BTreeSet<SnapshotId> =
+                before.union(&protected.intersection(&known).cloned().collect()).cloned().collect();
+            prop_assert_eq!(&kept, &want);
+            prop_assert!(deleted.iter().all(|id| !protected.contains(id)));
+            // Protected ones say so; the others keep exactly their reasons.
+            for k in &q.keep {
+                let referenced = k.reasons.contains(&KeepReason::Referenced);
+                prop_assert_eq!(referenced, protected.contains(&k.id));
+                prop_assert_eq!(
+                    k.reasons.iter().filter(|r| **r == KeepReason::Referenced).count(),
+                    usize::from(referenced)
+                );
+                if let Some(old) = p.keep.iter().find(|o| o.id == k.id) {
+                    let rules: Vec<_> = k.reasons.iter().filter(|r| **r != KeepReason::Referenced).collect();
+                    prop_assert_eq!(rules, old.reasons.iter().collect::<Vec<_>>());
+                }
+            }
+            // Newest first, both lists; protecting twice changes nothing.
+            prop_assert!(q.keep.windows(2).all(|w| (w[0].time, &w[0].id) >= (w[1].time, &w[1].id)));
+            prop_assert!(q.delete.windows(2).all(|w| (w[0].time, &w[0].id) >= (w[1].time, &w[1].id)));
+            let mut twice = q.clone();
+            twice.protect(&protected);
+            prop_assert_eq!(twice, q);
         }
     }
 }

@@ -64,7 +64,7 @@ const VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 8;
 const NONCE_PREFIX: usize = 19;
 /// Length of the header that opens an encrypted object.
-pub(crate) const HEADER_LEN: usize = MAGIC.len() + 2 + KEY_ID_LEN + NONCE_PREFIX;
+pub const HEADER_LEN: usize = MAGIC.len() + 2 + KEY_ID_LEN + NONCE_PREFIX;
 
 /// A 256-bit key for encryption at rest.
 ///
@@ -211,15 +211,28 @@ impl fmt::Display for DecryptError {
 
 impl std::error::Error for DecryptError {}
 
+/// The key id (16 hex digits) named by an encryption header at the start of
+/// `bytes`, when they start with one this build reads (magic, version,
+/// segment size); `None` otherwise. For objects that carry no record of
+/// their own encoding (content-addressed artifact blobs): whether they are
+/// encrypted, and with which key, is read from their first bytes.
+pub fn header_key_id(bytes: &[u8]) -> Option<String> {
+    let h = bytes.get(..HEADER_LEN)?;
+    (&h[..6] == MAGIC && h[6] == VERSION && h[7] == SEGMENT_LOG2)
+        .then(|| hex::encode(&h[8..8 + KEY_ID_LEN]))
+}
+
 /// The reason of a decryption failure hidden in an I/O error, if it is one.
-pub(crate) fn decrypt_failure(e: &io::Error) -> Option<&str> {
+pub fn decrypt_failure(e: &io::Error) -> Option<&str> {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<DecryptError>())
         .map(|d| d.0.as_str())
 }
 
-/// Encrypts what `inner` yields (the encryption stage of `Codec::put`).
-pub(crate) struct EncryptReader<R> {
+/// Encrypts what `inner` yields (the encryption stage of `Codec::put`):
+/// the header, then the segments, in bounded memory. Public for objects
+/// that are not written through the codec (content-addressed blobs).
+pub struct EncryptReader<R> {
     inner: R,
     stream: Option<EncryptorBE32<XChaCha20Poly1305>>,
     aad: [u8; HEADER_LEN],
@@ -231,7 +244,8 @@ pub(crate) struct EncryptReader<R> {
 }
 
 impl<R> EncryptReader<R> {
-    pub(crate) fn new(key: &EncryptionKey, inner: R) -> Self {
+    /// Encrypts `inner` with `key` and a fresh random nonce prefix.
+    pub fn new(key: &EncryptionKey, inner: R) -> Self {
         let mut nonce = [0u8; NONCE_PREFIX];
         rand::rng().fill_bytes(&mut nonce);
         let mut header = [0u8; HEADER_LEN];
@@ -255,11 +269,13 @@ impl<R> EncryptReader<R> {
         }
     }
 
-    pub(crate) fn get_ref(&self) -> &R {
+    /// The plaintext reader.
+    pub fn get_ref(&self) -> &R {
         &self.inner
     }
 
-    pub(crate) fn into_inner(self) -> R {
+    /// The plaintext reader.
+    pub fn into_inner(self) -> R {
         self.inner
     }
 }
@@ -314,9 +330,11 @@ impl<R: AsyncRead + Unpin> AsyncRead for EncryptReader<R> {
 }
 
 /// Decrypts and authenticates what `inner` yields (the decryption stage of
-/// `Codec::get`). Every failure is a [`DecryptError`] inside the I/O error;
-/// errors of `inner` pass through unchanged.
-pub(crate) struct DecryptReader<R> {
+/// `Codec::get`). Every failure is a decryption error inside the I/O
+/// error; errors of `inner` pass through unchanged ([`decrypt_failure`]
+/// tells them apart). Public for objects that are not read through the
+/// codec.
+pub struct DecryptReader<R> {
     inner: R,
     key: EncryptionKey,
     header: [u8; HEADER_LEN],
@@ -333,7 +351,8 @@ pub(crate) struct DecryptReader<R> {
 }
 
 impl<R> DecryptReader<R> {
-    pub(crate) fn new(key: &EncryptionKey, inner: R) -> Self {
+    /// Decrypts `inner`, an encrypted object written with `key`.
+    pub fn new(key: &EncryptionKey, inner: R) -> Self {
         Self {
             inner,
             key: key.clone(),
@@ -351,7 +370,8 @@ impl<R> DecryptReader<R> {
         }
     }
 
-    pub(crate) fn into_inner(self) -> R {
+    /// The encrypted reader.
+    pub fn into_inner(self) -> R {
         self.inner
     }
 
@@ -503,6 +523,23 @@ mod tests {
         let mut out = Vec::new();
         r.read_to_end(&mut out).await?;
         Ok(out)
+    }
+
+    #[tokio::test]
+    async fn the_header_names_the_key() {
+        let key = EncryptionKey::generate();
+        let sealed = read_all(EncryptReader::new(&key, &b"blob"[..]))
+            .await
+            .unwrap();
+        assert_eq!(header_key_id(&sealed), Some(key.id()));
+        assert_eq!(header_key_id(&sealed[..HEADER_LEN - 1]), None);
+        assert_eq!(
+            header_key_id(b"plain artifact bytes, long enough for a header"),
+            None
+        );
+        let mut other_version = sealed.clone();
+        other_version[6] = 9;
+        assert_eq!(header_key_id(&other_version), None);
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use warmspare_store::object_store::{ObjectStoreExt, path::Path as ObjectPath};
+use warmspare_store::object_store::{ObjectStore, ObjectStoreExt, path::Path as ObjectPath};
 use warmspare_testkit::{PostgresCluster, S3Server};
 
 use crate::{Run, file_url, warmspare};
@@ -715,4 +715,306 @@ async fn habitat_builder_query_from_the_docs() {
     assert_eq!(r["mismatched"][0]["key"], third, "{r:#}");
     write_files(&arts, &[(third, "hart three")]);
     cli.expect(0, &["reconcile"]).await;
+}
+
+/// A key file's contents (64 hex digits).
+const KEY: &str = "00112233445566778899aabbccddeeff0123456789abcdef0f1e2d3c4b5a6978";
+const OTHER_KEY: &str = "ffeeddccbbaa99887766554433221100fedcba98765432100123456789abcdef";
+
+/// Every file under `dir` (recursively) as bytes.
+fn stored_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let bytes = std::fs::read(&path).expect("read");
+                out.push((path, bytes));
+            }
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Recovery points in an encrypted repository: taken, restored, refused
+/// with another key, and pruned with their inventories and blobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_points_restore_and_prune() {
+    let pg = PostgresCluster::start().await.expect("cluster");
+    pg.create_database("builder").await.expect("createdb");
+    pg.psql_in(
+        "builder",
+        "CREATE TABLE t (id int); INSERT INTO t VALUES (1);",
+    )
+    .await
+    .expect("fixture");
+    let mut cli = Cli::new();
+    let arts = cli.path("artifacts");
+    let repo = cli.path("repo");
+    write_files(&arts, FILES);
+    std::fs::write(cli.path("repo.key"), format!("{KEY}\n")).expect("key");
+    std::fs::write(cli.path("other.key"), OTHER_KEY).expect("key");
+    cli.env("WARMSPARE_PG_BIN_DIR", pg.bin_dir().display().to_string());
+    let config = |key: &str| {
+        format!(
+            "site = \"primary\"\n[repository]\nurl = \"{}\"\nencryption_key_file = \"{}\"\n\
+             [sites.primary]\ndatabase = \"{}\"\nartifacts = \"{}\"\n\
+             [retention]\nkeep_last = 1\nkeep_daily = 0\nkeep_weekly = 0\nkeep_monthly = 0\n",
+            file_url(&repo),
+            cli.path(key).display(),
+            pg.url_for("builder"),
+            file_url(&arts)
+        )
+    };
+    cli.config(&config("repo.key"));
+
+    let first = json(&cli.expect(0, &["--json", "backup"]).await);
+    let first_id = first["id"].as_str().expect("id").to_owned();
+    assert_eq!(first["artifacts"]["stored"].as_u64(), Some(4), "{first:#}");
+    // The primary loses one object and overwrites another.
+    std::fs::remove_file(arts.join(FILES[0].0)).expect("rm");
+    write_files(&arts, &[(FILES[1].0, "REDIS!")]);
+    let second = json(&cli.expect(0, &["--json", "backup"]).await);
+    assert_eq!(
+        second["artifacts"]["unchanged"].as_u64(),
+        Some(2),
+        "{second:#}"
+    );
+    assert_eq!(
+        second["artifacts"]["stored"].as_u64(),
+        Some(1),
+        "{second:#}"
+    );
+
+    // Nothing in the repository shows the artifacts' contents or names.
+    for (path, bytes) in stored_files(&repo) {
+        for needle in [
+            "redis!",
+            "REDIS!",
+            "zlib zlib",
+            "core-zlib-1.3",
+            "top-level",
+        ] {
+            assert!(
+                !contains(&bytes, needle.as_bytes()),
+                "{} holds {needle:?}",
+                path.display()
+            );
+        }
+    }
+
+    // The older point restores exactly its state.
+    let restored = cli.path("restored");
+    let s = json(
+        &cli.expect(
+            0,
+            &[
+                "--json",
+                "restore",
+                "artifacts",
+                &first_id,
+                "--to",
+                &file_url(&restored),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(s["copied"].as_u64(), Some(4), "{s:#}");
+    assert_eq!(read_tree(&restored), tree(FILES));
+
+    // Another key: a clear error (exit 2) before anything is written.
+    cli.config(&config("other.key"));
+    let elsewhere = cli.path("elsewhere");
+    let run = cli
+        .expect(
+            2,
+            &[
+                "restore",
+                "artifacts",
+                "latest",
+                "--to",
+                &file_url(&elsewhere),
+            ],
+        )
+        .await;
+    assert!(run.stderr.contains("wrong key"), "{}", run.stderr);
+    assert!(!run.stderr.contains(KEY) && !run.stderr.contains(OTHER_KEY));
+    assert!(read_tree(&elsewhere).is_empty());
+    let run = cli.expect(2, &["backup", "artifacts"]).await;
+    assert!(run.stderr.contains("wrong key"), "{}", run.stderr);
+    cli.config(&config("repo.key"));
+
+    // prune: the older point goes, its snapshot, its inventory, and (once
+    // past the grace period) the two blobs only it named.
+    let dry = json(&cli.expect(0, &["--json", "prune", "--dry-run"]).await);
+    assert_eq!(
+        dry["points"]["plan"]["delete"][0]["id"],
+        first_id.as_str(),
+        "{dry:#}"
+    );
+    assert_eq!(
+        dry["groups"][0]["plan"]["delete"][0]["id"], first["snapshot"]["id"],
+        "{dry:#}"
+    );
+    assert_eq!(
+        dry["inventories"]["plan"]["delete"][0]["id"], first["artifacts"]["inventory"],
+        "{dry:#}"
+    );
+    assert_eq!(
+        dry["blobs"]["deletable"].as_u64(),
+        Some(0),
+        "young: {dry:#}"
+    );
+    assert_eq!(dry["blobs"]["young"].as_u64(), Some(2), "{dry:#}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let dry = json(
+            &cli.expect(0, &["--json", "prune", "--dry-run", "--blob-grace", "1s"])
+                .await,
+        );
+        if dry["blobs"]["deletable"].as_u64() == Some(2) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{dry:#}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    let table = cli
+        .expect(0, &["prune", "--dry-run", "--blob-grace", "1s"])
+        .await
+        .stdout;
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("no row for {id}:\n{table}"))
+            .to_owned()
+    };
+    assert!(row(&first_id).starts_with("delete "), "{table}");
+    assert!(
+        row(second["id"].as_str().expect("id")).starts_with("keep "),
+        "{table}"
+    );
+    assert!(row("unreferenced blobs").starts_with("delete "), "{table}");
+    let run = cli
+        .expect(0, &["--json", "prune", "--blob-grace", "1s"])
+        .await;
+    let done = json(&run);
+    assert_eq!(done["points"]["deleted"][0], first_id.as_str(), "{done:#}");
+    assert_eq!(done["deleted"][0], first["snapshot"]["id"], "{done:#}");
+    assert_eq!(
+        done["inventories"]["deleted"][0], first["artifacts"]["inventory"],
+        "{done:#}"
+    );
+    assert_eq!(done["blobs"]["deleted"].as_u64(), Some(2), "{done:#}");
+    assert!(
+        run.stderr.contains("deleted 1 recovery points"),
+        "{}",
+        run.stderr
+    );
+    let blobs = stored_files(&repo.join("blobs")).len();
+    assert_eq!(blobs, 3, "the kept point's blobs");
+
+    // What is left restores, and the list shows one point.
+    let list = json(&cli.expect(0, &["list", "--json"]).await);
+    assert_eq!(list["points"].as_array().map(Vec::len), Some(1), "{list:#}");
+    let latest = cli.path("latest");
+    cli.expect(
+        0,
+        &["restore", "artifacts", "latest", "--to", &file_url(&latest)],
+    )
+    .await;
+    assert_eq!(
+        read_tree(&latest),
+        tree(&[FILES[1], FILES[2], FILES[3]])
+            .into_iter()
+            .map(|(k, v)| if k == FILES[1].0 {
+                (k, "REDIS!".to_owned())
+            } else {
+                (k, v)
+            })
+            .collect()
+    );
+}
+
+/// `backup artifacts` and `restore artifacts` with an encrypted S3
+/// repository.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_artifacts_on_s3() {
+    let Some(s3) = S3Server::try_shared().await.expect("s3 server") else {
+        return;
+    };
+    let bucket = s3.unique_bucket("cli-enc").await.expect("bucket");
+    let mut cli = Cli::new();
+    cli.s3_env(s3);
+    let arts = cli.path("artifacts");
+    write_files(&arts, FILES);
+    std::fs::write(cli.path("repo.key"), KEY).expect("key");
+    cli.config(&format!(
+        "site = \"primary\"\n[repository]\nurl = \"s3://{bucket}/repo\"\nendpoint = \"{}\"\n\
+         region = \"{}\"\nallow_http = true\nencryption_key_file = \"{}\"\n\
+         [sites.primary]\ndatabase = \"postgres://nobody@127.0.0.1:1/none\"\nartifacts = \"{}\"\n",
+        s3.endpoint(),
+        s3.region(),
+        cli.path("repo.key").display(),
+        file_url(&arts)
+    ));
+    let s = json(&cli.expect(0, &["--json", "backup", "artifacts"]).await);
+    assert_eq!(s["stored"].as_u64(), Some(4), "{s:#}");
+    let s = json(&cli.expect(0, &["--json", "backup", "artifacts"]).await);
+    assert_eq!(s["unchanged"].as_u64(), Some(4), "{s:#}");
+
+    let store = s3.store_for_bucket(&bucket).expect("client");
+    let listed: Vec<_> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(store.list(Some(&ObjectPath::from("repo"))))
+            .await
+            .expect("list");
+    let mut blobs = 0;
+    for meta in listed {
+        let bytes = store
+            .get(&meta.location)
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        blobs += usize::from(meta.location.as_ref().starts_with("repo/blobs/"));
+        for (key, body) in FILES {
+            assert!(
+                !contains(&bytes, body.as_bytes()),
+                "{} holds {body}",
+                meta.location
+            );
+            assert!(
+                !contains(&bytes, key.as_bytes()),
+                "{} names {key}",
+                meta.location
+            );
+        }
+    }
+    assert_eq!(blobs, 4);
+
+    let restored = cli.path("restored");
+    let s = json(
+        &cli.expect(
+            0,
+            &[
+                "--json",
+                "restore",
+                "artifacts",
+                "latest",
+                "--to",
+                &file_url(&restored),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(s["copied"].as_u64(), Some(4), "{s:#}");
+    assert_eq!(read_tree(&restored), tree(FILES));
 }

@@ -1,7 +1,6 @@
 //! Artifact backups (inventories + blobs) and restores of older
 //! inventories after the source deleted and overwrote objects.
 
-use futures::StreamExt;
 use warmspare_replicate::object_store::ObjectStoreExt;
 use warmspare_replicate::{
     Error, RecoveryPoint, SyncEvent, backup_artifacts, list_inventories, read_inventory,
@@ -199,40 +198,4 @@ async fn backup_and_restore(from: Kind, repo_kind: Kind, to: Kind, name: &str) {
     for (key, digest) in &landed {
         assert_eq!(wanted.get(key), Some(digest));
     }
-}
-
-/// Blobs and inventories bypass the codec, so an encrypted repository must
-/// refuse an artifact backup rather than hold plaintext artifacts.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn artifact_backup_into_an_encrypted_repository_is_refused() {
-    let Some(source) = store(Kind::Fs, "encrypted-repo").await else {
-        return;
-    };
-    fill(source.raw()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = warmspare_store::StoreConfig::new(format!("file://{}", dir.path().display()))
-        .with_encryption_key(warmspare_store::EncryptionKey::generate());
-    let store = warmspare_store::Store::open(&config).unwrap();
-    let repo = warmspare_store::Repository::init(store, time::OffsetDateTime::now_utc())
-        .await
-        .unwrap();
-    let quiet = |_: &SyncEvent<'_>| {};
-    let err = backup_artifacts(
-        &source.store,
-        &repo,
-        None,
-        time::OffsetDateTime::now_utc(),
-        &options(),
-        quiet,
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("cannot be encrypted"), "{err}");
-    let written = repo
-        .store()
-        .object_store()
-        .list(Some(&"blobs".into()))
-        .count()
-        .await;
-    assert_eq!(written, 0, "no blob may land in plaintext");
 }

@@ -7,8 +7,11 @@
 
 mod artifacts;
 mod common;
+mod encrypted;
 mod faults;
+mod gc;
 mod guards;
+mod local;
 mod mirror;
 mod points;
 mod reconcile;

@@ -150,3 +150,46 @@ async fn deleting_hides_the_snapshot_before_removing_data() {
     assert!(report.objects_deleted >= 1);
     assert_eq!(repo.list_snapshots().await.unwrap(), vec![new]);
 }
+
+/// Snapshots a kept recovery point names are never deleted, whatever the
+/// rules say; an incomplete one named so is left alone too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_snapshots_are_kept() {
+    let backend = backend::filesystem().await;
+    let repo = &backend.repo;
+    let now = datetime!(2026-11-22 12:00 UTC);
+    let oldest = snapshot(repo, now - Duration::from_secs(3 * 3600), "a").await;
+    let middle = snapshot(repo, now - Duration::from_secs(2 * 3600), "a").await;
+    let newest = snapshot(repo, now - Duration::from_secs(3600), "a").await;
+    let partial = abandoned(repo, now - Duration::from_secs(3 * 24 * 3600)).await;
+    let config = RetentionConfig {
+        keep_last: 1,
+        keep_daily: 0,
+        keep_weekly: 0,
+        keep_monthly: 0,
+    };
+    let protected: std::collections::BTreeSet<SnapshotId> =
+        [oldest.clone(), partial.clone()].into();
+    let options = PruneOptions::default().with_protected(protected);
+    let report = prune(repo, &config, &options, now).await.unwrap();
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_eq!(report.deleted, vec![middle], "only the unprotected one");
+    let keep = &report.groups[0].plan.keep;
+    assert_eq!(keep.len(), 2);
+    assert_eq!(keep[1].id, oldest);
+    assert_eq!(
+        keep[1].reasons,
+        vec![warmspare_snapshot::retention::KeepReason::Referenced]
+    );
+    assert!(report.incomplete.is_empty(), "{:?}", report.incomplete);
+    assert_eq!(
+        repo.list_snapshots().await.unwrap(),
+        vec![newest, oldest.clone()]
+    );
+    assert!(
+        repo.incomplete_snapshots()
+            .await
+            .unwrap()
+            .contains(&partial)
+    );
+}
