@@ -19,8 +19,7 @@ use crate::job::{JOB_NAMES, Job};
 use crate::state::{JobSlot, Shared};
 use crate::{Error, Result};
 
-/// Default limit on one run of a job.
-pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(6 * 60 * 60);
+pub use crate::config::DEFAULT_JOB_TIMEOUT;
 /// Default time a cancelled run (timeout, shutdown) has to stop by itself
 /// before it is dropped.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(30);
@@ -45,7 +44,7 @@ pub struct AgentOptions {
     listen: Option<SocketAddr>,
     token: Option<Secret>,
     jobs: Vec<Arc<dyn Job>>,
-    job_timeout: Duration,
+    job_timeout: Option<Duration>,
     job_timeouts: BTreeMap<String, Duration>,
     cancel_grace: Duration,
     clock: Arc<dyn Clock>,
@@ -62,7 +61,7 @@ impl Default for AgentOptions {
             listen: None,
             token: None,
             jobs: Vec::new(),
-            job_timeout: DEFAULT_JOB_TIMEOUT,
+            job_timeout: None,
             job_timeouts: BTreeMap::new(),
             cancel_grace: DEFAULT_CANCEL_GRACE,
             clock: Arc::new(SystemClock),
@@ -97,7 +96,7 @@ impl fmt::Debug for AgentOptions {
 
 impl AgentOptions {
     /// Defaults: the config's site and listener, no token (mutating
-    /// endpoints refused), no jobs, [`DEFAULT_JOB_TIMEOUT`],
+    /// endpoints refused), no jobs, the config's job timeouts (`[jobs]`),
     /// [`DEFAULT_CANCEL_GRACE`], the system clock.
     pub fn new() -> Self {
         AgentOptions::default()
@@ -130,14 +129,17 @@ impl AgentOptions {
         self
     }
 
-    /// Limit on one run of any job (default [`DEFAULT_JOB_TIMEOUT`]).
+    /// Limit on one run of any job whose timeout the configuration's
+    /// `[jobs]` table does not set, instead of the per-job default
+    /// ([`JobsConfig::default_timeout`](crate::config::JobsConfig::default_timeout):
+    /// [`DEFAULT_JOB_TIMEOUT`], 12 h for `physical_backup`).
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
-        self.job_timeout = timeout;
+        self.job_timeout = Some(timeout);
         self
     }
 
-    /// Limit on one run of the job `name`, overriding
-    /// [`AgentOptions::job_timeout`].
+    /// Limit on one run of the job `name`, overriding the configuration's
+    /// `[jobs]` table and [`AgentOptions::job_timeout`].
     pub fn job_timeout_for(mut self, name: impl Into<String>, timeout: Duration) -> Self {
         self.job_timeouts.insert(name.into(), timeout);
         self
@@ -171,9 +173,10 @@ impl AgentOptions {
         self
     }
 
-    /// Registers the built-in implementations of `backup`, `sync`,
-    /// `restore`, `verify` and `prune` ([`crate::jobs`]) for every job
-    /// name the embedder did not register itself.
+    /// Registers the built-in implementations of `backup`,
+    /// `physical_backup`, `sync`, `restore`, `verify` and `prune`
+    /// ([`crate::jobs`]) for every job name the embedder did not register
+    /// itself.
     pub fn standard_jobs(mut self) -> Self {
         self.standard_jobs = true;
         self
@@ -251,7 +254,9 @@ impl Agent {
         {
             return invalid("the bearer token is empty".into());
         }
-        if options.job_timeout.is_zero() || options.job_timeouts.values().any(Duration::is_zero) {
+        if options.job_timeout.is_some_and(|t| t.is_zero())
+            || options.job_timeouts.values().any(Duration::is_zero)
+        {
             return invalid("job timeouts must be greater than zero".into());
         }
         for name in options.job_timeouts.keys() {
@@ -307,11 +312,16 @@ impl Agent {
             if schedule.is_none() && job.is_none() {
                 continue;
             }
+            // The most specific setting wins: the embedder's for this job,
+            // the file's for this job, the embedder's for every job, the
+            // job's default.
             let timeout = options
                 .job_timeouts
                 .get(name)
                 .copied()
-                .unwrap_or(options.job_timeout);
+                .or_else(|| config.jobs.timeout(name))
+                .or(options.job_timeout)
+                .unwrap_or_else(|| crate::config::JobsConfig::default_timeout(name));
             jobs.push(JobSlot::new(name, schedule, job, timeout));
         }
 
@@ -529,6 +539,52 @@ mod tests {
             AgentOptions::new().job_timeout_for("nope", Duration::from_secs(1)),
         );
         assert!(err.contains("unknown job `nope`"), "{err}");
+    }
+
+    fn timeouts(agent: &Agent) -> Vec<(&str, Duration)> {
+        agent
+            .shared
+            .jobs
+            .iter()
+            .map(|s| (&*s.name, s.timeout))
+            .collect()
+    }
+
+    #[test]
+    fn job_timeouts_come_from_the_options_the_file_or_the_defaults() {
+        let text = "site = \"primary\"\n[repository]\nurl = \"file:///r\"\n\
+                    [sites.primary]\ndatabase = \"postgres://u@h/d\"\n\
+                    [schedule]\nbackup = \"every 1m\"\nphysical_backup = \"@daily\"\n\
+                    sync = \"every 1m\"\nverify = \"@daily\"\n\
+                    [jobs]\nbackup = { timeout = \"20m\" }\nsync = { timeout = \"5m\" }\n";
+        let config = Config::from_toml_str(text, "t.toml").unwrap();
+        let min = |m: u64| Duration::from_secs(m * 60);
+        let agent = Agent::new(config.clone(), AgentOptions::new()).unwrap();
+        assert_eq!(
+            timeouts(&agent),
+            [
+                ("backup", min(20)),
+                ("physical_backup", min(12 * 60)),
+                ("sync", min(5)),
+                ("verify", min(6 * 60)),
+            ]
+        );
+        let agent = Agent::new(
+            config,
+            AgentOptions::new()
+                .job_timeout(min(1))
+                .job_timeout_for("sync", min(2)),
+        )
+        .unwrap();
+        assert_eq!(
+            timeouts(&agent),
+            [
+                ("backup", min(20)),
+                ("physical_backup", min(1)),
+                ("sync", min(2)),
+                ("verify", min(1)),
+            ]
+        );
     }
 
     #[test]

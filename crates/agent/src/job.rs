@@ -17,7 +17,14 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 /// The names of the jobs the `[schedule]` section can schedule.
-pub const JOB_NAMES: [&str; 5] = ["backup", "sync", "restore", "verify", "prune"];
+pub const JOB_NAMES: [&str; 6] = [
+    "backup",
+    "physical_backup",
+    "sync",
+    "restore",
+    "verify",
+    "prune",
+];
 
 /// One recurring piece of work (a backup, a sync, ...).
 ///
@@ -105,12 +112,17 @@ impl JobContext {
     }
 }
 
-/// What a successful run reports.
+/// What a run that did not fail reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct JobOutcome {
     /// One line for `/status` and the logs, such as `"3 objects copied"`.
     pub summary: Option<String>,
+    /// The run did nothing because the job does not apply here and now
+    /// (a backup at the spare, a restore at the active site). The agent
+    /// records it as `skipped`, not as a success: it does not refresh
+    /// `last_success`.
+    pub skipped: bool,
 }
 
 impl JobOutcome {
@@ -123,6 +135,16 @@ impl JobOutcome {
     pub fn summary(summary: impl Into<String>) -> Self {
         JobOutcome {
             summary: Some(summary.into()),
+            skipped: false,
+        }
+    }
+
+    /// A run that did nothing because the job does not apply at this
+    /// site now; `why` becomes the summary, after `skipped: `.
+    pub fn skipped(why: impl std::fmt::Display) -> Self {
+        JobOutcome {
+            summary: Some(format!("skipped: {why}")),
+            skipped: true,
         }
     }
 }

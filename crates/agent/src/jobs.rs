@@ -1,18 +1,20 @@
-//! The built-in jobs: `backup`, `sync`, `restore`, `verify`, `prune`,
-//! registered with [`AgentOptions::standard_jobs`](crate::AgentOptions::standard_jobs).
+//! The built-in jobs: `backup`, `physical_backup`, `sync`, `restore`,
+//! `verify`, `prune`, registered with [`AgentOptions::standard_jobs`](crate::AgentOptions::standard_jobs).
 //!
 //! Where each runs depends on the failover driver's view of this site:
 //!
 //! | job | runs when | does |
 //! | --- | --- | --- |
 //! | `backup` | this site may accept traffic (or no driver is configured: one site) | a recovery point (`take_recovery_point`) when the site has an artifact store, else a logical snapshot; the lease epoch goes into the manifest |
+//! | `physical_backup` | like `backup` | a physical base backup (`backup_physical`, `pg_basebackup`) of this site's database, the starting point of point-in-time recovery; the database must archive its WAL into the repository |
 //! | `sync` | this site may accept traffic | mirrors this site's artifact store into the other site's |
 //! | `restore` | this site is a `logical-restore` site, does not hold the lease and has seen another site hold it | restores the newest logical snapshot into this site's database |
 //! | `verify` | always | verifies the newest snapshot's files against its manifest |
 //! | `prune` | like `backup` | applies `[retention]` to the repository |
 //!
-//! A run that does not apply at this site succeeds with a summary that
-//! starts with `skipped:`; a run that cannot tell where it is (no driver
+//! A run that does not apply at this site ends as skipped
+//! ([`JobOutcome::skipped`]: recorded as `skipped`, not as a success) with
+//! a summary that starts with `skipped:`; a run that cannot tell where it is (no driver
 //! because the repository failed its compare-and-swap probe) fails for the
 //! jobs that need to know.
 
@@ -22,7 +24,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use warmspare_replicate::{PointRequest, SyncOptions, take_recovery_point};
 use warmspare_snapshot::catalog::{self, LATEST};
-use warmspare_snapshot::{LogicalBackupOptions, RestoreOptions, backup_logical};
+use warmspare_snapshot::{
+    LogicalBackupOptions, PhysicalBackupOptions, RestoreOptions, backup_logical, backup_physical,
+};
 use warmspare_store::{Repository, SnapshotKind, Store};
 
 use crate::clock::Clock;
@@ -51,6 +55,7 @@ pub(crate) fn standard(
     });
     [
         Kind::Backup,
+        Kind::PhysicalBackup,
         Kind::Sync,
         Kind::Restore,
         Kind::Verify,
@@ -69,6 +74,7 @@ pub(crate) fn standard(
 #[derive(Debug, Clone, Copy)]
 enum Kind {
     Backup,
+    PhysicalBackup,
     Sync,
     Restore,
     Verify,
@@ -79,6 +85,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Backup => "backup",
+            Kind::PhysicalBackup => "physical_backup",
             Kind::Sync => "sync",
             Kind::Restore => "restore",
             Kind::Verify => "verify",
@@ -177,7 +184,7 @@ impl Env {
 const NO_HOLDER: &str = "no site holds the lease as far as this site knows";
 
 fn skipped(why: impl std::fmt::Display) -> Result<JobOutcome, JobError> {
-    Ok(JobOutcome::summary(format!("skipped: {why}")))
+    Ok(JobOutcome::skipped(why))
 }
 
 #[async_trait]
@@ -190,6 +197,7 @@ impl Job for Builtin {
         let work = async {
             match self.kind {
                 Kind::Backup => backup(&self.env).await,
+                Kind::PhysicalBackup => physical_backup(&self.env).await,
                 Kind::Sync => sync(&self.env).await,
                 Kind::Restore => restore(&self.env).await,
                 Kind::Verify => verify(&self.env).await,
@@ -266,6 +274,45 @@ async fn backup(env: &Env) -> Result<JobOutcome, JobError> {
     });
     let epoch = epoch.map_or_else(|| "no lease epoch".to_owned(), |e| format!("epoch {e}"));
     Ok(JobOutcome::summary(format!("{summary}, {epoch}")))
+}
+
+/// A physical base backup of this site's database. Only where `backup`
+/// runs: the active site (or a single site), since a spare's database is
+/// a copy (or a standby) whose WAL the repository does not archive.
+async fn physical_backup(env: &Env) -> Result<JobOutcome, JobError> {
+    let epoch = match env.standing() {
+        Standing::Active(epoch) => epoch,
+        Standing::Alone => None,
+        Standing::Standby => return skipped("this site is not the active site"),
+        Standing::NoHolder => return skipped(NO_HOLDER),
+        Standing::Unknown(why) => return skipped(why),
+    };
+    let site = env.site_config()?;
+    let repo = env.repository(true).await?;
+    // Dropping this future (timeout, shutdown) kills pg_basebackup; the
+    // unfinished snapshot is never listed and prune removes it.
+    let backup = backup_physical(
+        &repo,
+        site.database.expose(),
+        &PhysicalBackupOptions::default(),
+        epoch,
+        env.clock.now(),
+        None,
+    )
+    .await
+    .map_err(JobError::failed)?;
+    let taken = backup.manifest.started;
+    env.links.update(|m| {
+        m.last_snapshot = Some(m.last_snapshot.map_or(taken, |t| t.max(taken)));
+    });
+    let epoch = epoch.map_or_else(|| "no lease epoch".to_owned(), |e| format!("epoch {e}"));
+    Ok(JobOutcome::summary(format!(
+        "physical snapshot {} ({} bytes, WAL {} to {}), {epoch}",
+        backup.manifest.id,
+        backup.manifest.total_size(),
+        backup.meta.start_wal,
+        backup.meta.stop_wal
+    )))
 }
 
 async fn sync(env: &Env) -> Result<JobOutcome, JobError> {

@@ -44,13 +44,15 @@
 //!
 //! * [`Agent`] (built from a [`Config`] and [`AgentOptions`]) and
 //!   [`BoundAgent`] (its listener bound, for the address of port 0).
-//! * [`Job`]: one recurring piece of work (`backup`, `sync`, `restore`,
-//!   `verify`, `prune`), registered by the embedder; [`FnJob`] wraps a
-//!   closure; [`AgentOptions::standard_jobs`] registers the built-in ones
-//!   ([`jobs`]). The scheduler runs each at the times of the `[schedule]`
-//!   section (5-field cron in UTC, or `every 30s`), never two runs of one
-//!   job at once (a due time that finds it running is skipped and
-//!   counted), each with a timeout, and records every run's outcome.
+//! * [`Job`]: one recurring piece of work (`backup`, `physical_backup`,
+//!   `sync`, `restore`, `verify`, `prune`), registered by the embedder;
+//!   [`FnJob`] wraps a closure; [`AgentOptions::standard_jobs`] registers
+//!   the built-in ones ([`jobs`]). The scheduler runs each at the times of
+//!   the `[schedule]` section (5-field cron in UTC, or `every 30s`), never
+//!   two runs of one job at once (a due time that finds it running is
+//!   skipped and counted), each with the timeout of its `[jobs]` entry,
+//!   and records every run's outcome (`succeeded`, `skipped` when the job
+//!   does not apply at this site, `failed`, `timed_out`, `cancelled`).
 //! * [`Clock`]: where the agent reads the time and waits; [`SystemClock`]
 //!   in production, [`ManualClock`] in tests.
 //!
@@ -61,7 +63,7 @@
 //!
 //! | request | answer |
 //! | --- | --- |
-//! | `GET /health` | 200 while the agent runs; JSON with one check per job (`ok`, `failing`, `pending`, `not_available`, ...) |
+//! | `GET /health` | 200 while the agent runs; JSON with one check per job (`ok`, `skipped`, `failing`, `pending`, `not_available`, ...) |
 //! | `GET /active` | 200 iff the failover driver says this site may accept traffic *now* (`DriverHandle::may_accept_traffic`); else 503 with the `reason` |
 //! | `GET /standby` | 200 iff the driver runs, this site does not hold the lease and its own service is healthy; else 503 with the `reason` |
 //! | `GET /status` | 200; JSON: site, paused, each job's schedule, state, next run, last start/finish/outcome/error, counters; `failover` (role, epoch, health, time left, last alert, or why no driver runs), `lease` (holder, epoch, renewals; null when unknown), `rpo_seconds`, `last_snapshot`, `sync_objects_total`, `probes` |
@@ -76,8 +78,9 @@
 //! token at all.
 //!
 //! Metrics: `warmspare_agent_start_time_seconds`,
-//! `warmspare_scheduler_paused`, and per job `warmspare_job_available`,
-//! `warmspare_job_runs_total`, `warmspare_job_failures_total`,
+//! `warmspare_scheduler_paused`, and per job (label `task`)
+//! `warmspare_job_available`, `warmspare_job_runs_total{result}`,
+//! `warmspare_job_failures_total`, `warmspare_job_last_result{result}`,
 //! `warmspare_job_skipped_total{reason="overlap"|"paused"}`,
 //! `warmspare_job_running`, `warmspare_last_success_timestamp_seconds`,
 //! `warmspare_job_last_start_timestamp_seconds`,
@@ -98,16 +101,19 @@
 //! driver (`/active` answers 503, reason `repository failed the
 //! compare-and-swap probe: ...`). Otherwise the driver runs with the
 //! `[failover]` timing, this site's database for fencing and promotion,
-//! the `on_promote`/`on_fence` hooks, and probes of both sites (their
-//! `health` targets, else their database and agent `/health`). The lease
+//! the `on_promote`/`on_fence`/`on_restart` hooks, and probes of both sites
+//! (their database, and their `health` targets, else their agent
+//! `/health`; and the peer agent's `/status`, which tells the watchdog
+//! whether the peer would take a released lease). The lease
 //! is created by the *initial holder*: the site named `primary`, else the
 //! first site by name, unless [`AgentOptions::initial_holder`] names
 //! another. A logical-restore site reports the age of the snapshot it last
 //! restored as its replication lag, which the `max_data_loss` guard
 //! weighs; until its first restore the lag is unknown and it does not take
-//! over automatically. At shutdown the driver stops and the lease is *not*
-//! released (the driver has no plain release; a restarted agent reclaims
-//! it, otherwise it expires after `lease_ttl`).
+//! over automatically. At shutdown a holder whose service is healthy
+//! fences and releases the lease (the peer takes it at its next read); an
+//! unhealthy one leaves it to expire after `lease_ttl` plus the margin,
+//! unless a restarted agent reclaims it first.
 //!
 //! # Shutdown
 //!

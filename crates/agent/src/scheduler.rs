@@ -205,6 +205,7 @@ async fn execute(
 
 fn from_result(result: Result<crate::JobOutcome, JobError>) -> RunResult {
     match result {
+        Ok(outcome) if outcome.skipped => (RunOutcome::Skipped, None, outcome.summary),
         Ok(outcome) => (RunOutcome::Succeeded, None, outcome.summary),
         Err(JobError::Cancelled) => (RunOutcome::Cancelled, Some("cancelled".into()), None),
         Err(JobError::Failed(error)) => (RunOutcome::Failed, Some(error_chain(&*error)), None),
@@ -248,6 +249,9 @@ fn finish(
         (RunOutcome::Succeeded, _) => {
             tracing::info!(job = %slot.name, took, summary = summary.as_deref(), "job succeeded");
         }
+        (RunOutcome::Skipped, _) => {
+            tracing::info!(job = %slot.name, summary = summary.as_deref(), "job skipped");
+        }
         (RunOutcome::Cancelled, _) => tracing::warn!(job = %slot.name, took, "job cancelled"),
         (_, error) => tracing::error!(
             job = %slot.name,
@@ -262,12 +266,10 @@ fn finish(
     record.last_outcome = Some(outcome);
     record.last_error = error;
     record.last_summary = summary;
-    record.runs += 1;
+    record.count_run(outcome);
+    // A skipped run did no work: it must not make a stale job look fresh.
     if outcome == RunOutcome::Succeeded {
         record.last_success = Some(now);
-    }
-    if outcome.is_failure() {
-        record.failures += 1;
     }
 }
 

@@ -67,19 +67,35 @@ impl JobState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum RunOutcome {
     Succeeded,
+    /// The job did not apply at this site ([`crate::JobOutcome::skipped`]).
+    Skipped,
     Failed,
     TimedOut,
     Cancelled,
 }
 
 impl RunOutcome {
+    /// Every outcome, in the order of [`JobRecord::outcomes`].
+    pub(crate) const ALL: [RunOutcome; 5] = [
+        RunOutcome::Succeeded,
+        RunOutcome::Skipped,
+        RunOutcome::Failed,
+        RunOutcome::TimedOut,
+        RunOutcome::Cancelled,
+    ];
+
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Skipped => "skipped",
             RunOutcome::Failed => "failed",
             RunOutcome::TimedOut => "timed_out",
             RunOutcome::Cancelled => "cancelled",
         }
+    }
+
+    fn index(self) -> usize {
+        self as usize
     }
 
     /// Whether the run counts in `warmspare_job_failures_total`.
@@ -104,10 +120,28 @@ pub(crate) struct JobRecord {
     pub(crate) runs: u64,
     /// Runs that failed or timed out.
     pub(crate) failures: u64,
+    /// Runs that finished, by outcome (indexed like [`RunOutcome::ALL`]).
+    pub(crate) outcomes: [u64; 5],
     /// Due times skipped because the previous run was still going.
     pub(crate) skipped_overlap: u64,
     /// Due times skipped because the scheduler was paused.
     pub(crate) skipped_paused: u64,
+}
+
+impl JobRecord {
+    /// Runs that ended with `outcome`.
+    pub(crate) fn count(&self, outcome: RunOutcome) -> u64 {
+        self.outcomes[outcome.index()]
+    }
+
+    /// Counts a finished run.
+    pub(crate) fn count_run(&mut self, outcome: RunOutcome) {
+        self.runs += 1;
+        self.outcomes[outcome.index()] += 1;
+        if outcome.is_failure() {
+            self.failures += 1;
+        }
+    }
 }
 
 impl JobSlot {

@@ -71,6 +71,48 @@ mod tests {
         assert_eq!(config.schedule.jobs().count(), 5);
     }
 
+    /// Deleting a line of the generated file must not change what the
+    /// agent does: the template shows the library's defaults.
+    #[test]
+    fn template_agrees_with_the_library_defaults() {
+        let config = Config::from_toml_str(TEMPLATE, "init.toml").unwrap_or_else(|e| panic!("{e}"));
+        let defaults = warmspare_agent::config::FailoverConfig::default();
+        assert_eq!(config.failover.mode, defaults.mode);
+        assert_eq!(config.failover.interval, defaults.interval);
+        assert_eq!(config.failover.timeout, defaults.timeout);
+        assert_eq!(config.failover.lease_ttl, defaults.lease_ttl);
+        assert_eq!(config.failover.max_data_loss, defaults.max_data_loss);
+        assert_eq!(config.failover.cooldown, defaults.cooldown);
+        assert_eq!(
+            (
+                config.failover.unhealthy_threshold,
+                config.failover.healthy_threshold
+            ),
+            (defaults.unhealthy_threshold, defaults.healthy_threshold)
+        );
+        assert_eq!(
+            config.agent,
+            warmspare_agent::config::AgentConfig::default()
+        );
+        // The job timeouts the comments name are the defaults.
+        for (name, shown) in [
+            ("backup", "6h"),
+            ("physical_backup", "12h"),
+            ("sync", "6h"),
+            ("restore", "6h"),
+            ("verify", "6h"),
+            ("prune", "6h"),
+        ] {
+            let line = format!("# {name} = {{ timeout = \"{shown}\" }}");
+            assert!(TEMPLATE.lines().any(|l| l == line), "{line}");
+            assert_eq!(
+                warmspare_agent::config::JobsConfig::default_timeout(name),
+                humantime::parse_duration(shown).unwrap(),
+                "{name}"
+            );
+        }
+    }
+
     #[test]
     fn template_parses_with_every_optional_key_uncommented() {
         let uncommented: String = TEMPLATE
@@ -113,6 +155,7 @@ mod tests {
             "agent",
             "mode",
             "backup",
+            "physical_backup",
             "sync",
             "restore",
             "verify",

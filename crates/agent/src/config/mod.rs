@@ -37,6 +37,7 @@
 
 mod cron;
 mod error;
+mod jobs;
 mod schedule;
 mod urls;
 
@@ -50,6 +51,7 @@ use warmspare_store::{Encryption, StoreConfig};
 
 pub use cron::{CronError, CronExpr};
 pub use error::ConfigError;
+pub use jobs::{DEFAULT_JOB_TIMEOUT, DEFAULT_PHYSICAL_BACKUP_TIMEOUT, JobConfig, JobsConfig};
 pub use schedule::{Schedule, ScheduleConfig, ScheduleError};
 pub use urls::{DatabaseUrl, EndpointUrl, HealthTarget, StoreUrl, redact_url};
 pub use warmspare_failover::{FailoverConfig, FailoverMode};
@@ -75,6 +77,9 @@ pub struct Config {
     /// When the recurring jobs run.
     #[serde(default)]
     pub schedule: ScheduleConfig,
+    /// Per-job settings such as the time limit of a run.
+    #[serde(default)]
+    pub jobs: JobsConfig,
     /// Which snapshots `prune` keeps.
     #[serde(default)]
     pub retention: RetentionConfig,
@@ -378,6 +383,7 @@ impl Config {
             repository,
             sites: BTreeMap::new(),
             schedule: ScheduleConfig::default(),
+            jobs: JobsConfig::default(),
             retention: RetentionConfig::default(),
             failover: FailoverConfig::default(),
             agent: AgentConfig::default(),
@@ -495,6 +501,7 @@ impl Config {
         {
             return invalid("reconcile.query", "is empty; remove it or write the query");
         }
+        self.jobs.check()?;
         self.failover
             .validate()
             .map_err(|e| (format!("failover.{}", e.key), e.message))?;

@@ -1,5 +1,5 @@
-//! The `[schedule]` section: when the agent backs up, syncs, restores,
-//! verifies and prunes.
+//! The `[schedule]` section: when the agent backs up (logical and
+//! physical), syncs, restores, verifies and prunes.
 
 use std::fmt;
 use std::str::FromStr;
@@ -95,6 +95,10 @@ impl Serialize for Schedule {
 pub struct ScheduleConfig {
     /// Recovery points (database snapshot plus artifact inventory).
     pub backup: Option<Schedule>,
+    /// Physical base backups (`pg_basebackup`), the starting points of
+    /// point-in-time recovery; the database must archive its WAL into the
+    /// repository.
+    pub physical_backup: Option<Schedule>,
     /// Artifact mirroring from the primary's store to the spare's.
     pub sync: Option<Schedule>,
     /// Restore of the newest snapshot into a logical-restore spare.
@@ -110,6 +114,7 @@ impl ScheduleConfig {
     pub fn jobs(&self) -> impl Iterator<Item = (&'static str, Schedule)> + '_ {
         [
             ("backup", self.backup),
+            ("physical_backup", self.physical_backup),
             ("sync", self.sync),
             ("restore", self.restore),
             ("verify", self.verify),
@@ -123,6 +128,7 @@ impl ScheduleConfig {
     pub fn get(&self, name: &str) -> Option<Schedule> {
         match name {
             "backup" => self.backup,
+            "physical_backup" => self.physical_backup,
             "sync" => self.sync,
             "restore" => self.restore,
             "verify" => self.verify,
@@ -179,12 +185,14 @@ mod tests {
     #[test]
     fn table_round_trips() {
         let c: ScheduleConfig =
-            toml::from_str("backup = \"0 */4 * * *\"\nsync = \"every 5m\"\nprune = \"@daily\"\n")
+            toml::from_str("backup = \"0 */4 * * *\"\nsync = \"every 5m\"\nprune = \"@daily\"\nphysical_backup = \"0 1 * * 0\"\n")
                 .unwrap();
         assert_eq!(
             c.jobs().map(|(n, _)| n).collect::<Vec<_>>(),
-            ["backup", "sync", "prune"]
+            ["backup", "physical_backup", "sync", "prune"]
         );
+        assert_eq!(c.get("physical_backup"), c.physical_backup);
+        assert!(c.physical_backup.is_some());
         let text = toml::to_string(&c).unwrap();
         assert_eq!(toml::from_str::<ScheduleConfig>(&text).unwrap(), c);
         let err = toml::from_str::<ScheduleConfig>("backups = \"@daily\"").unwrap_err();

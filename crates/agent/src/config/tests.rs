@@ -242,6 +242,55 @@ fn bad_schedule_names_the_key() {
 }
 
 #[test]
+fn physical_backup_schedule_and_job_timeouts_parse() {
+    let c = load(&format!(
+        "{MINIMAL}[schedule]\nphysical_backup = \"0 1 * * 0\"\n\
+         [jobs]\nbackup = {{ timeout = \"90m\" }}\n\
+         [jobs.physical_backup]\ntimeout = \"1d\"\n"
+    ));
+    assert_eq!(
+        c.schedule.jobs().map(|(n, _)| n).collect::<Vec<_>>(),
+        ["physical_backup"]
+    );
+    assert_eq!(c.jobs.timeout("backup"), Some(Duration::from_secs(90 * 60)));
+    assert_eq!(
+        c.jobs.timeout("physical_backup"),
+        Some(Duration::from_secs(24 * 3600))
+    );
+    assert_eq!(c.jobs.timeout("sync"), None);
+    assert_eq!(JobsConfig::default_timeout("sync"), DEFAULT_JOB_TIMEOUT);
+    assert_eq!(
+        JobsConfig::default_timeout("physical_backup"),
+        DEFAULT_PHYSICAL_BACKUP_TIMEOUT
+    );
+    // Written back, read again: the same.
+    let text = toml::to_string(&c).unwrap();
+    assert_eq!(load(&text), c);
+    assert_eq!(load(MINIMAL).jobs, JobsConfig::default());
+}
+
+#[test]
+fn bad_job_settings_name_the_key() {
+    let e = config_error(&format!(
+        "{MINIMAL}[jobs]\nbackup = {{ timeout = \"0s\" }}\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("jobs.backup.timeout"), "{e}");
+    assert!(e.message.contains("greater than zero"), "{e}");
+    let e = config_error(&format!(
+        "{MINIMAL}[jobs]\nbackups = {{ timeout = \"1h\" }}\n"
+    ));
+    assert_eq!(e.key.as_deref(), Some("jobs.backups"), "{e}");
+    let e = config_error(&format!("{MINIMAL}[jobs.sync]\ntimeout = \"soon\"\n"));
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(4), Some("jobs.sync.timeout")),
+        "{e}"
+    );
+    let e = config_error(&format!("{MINIMAL}[jobs.sync]\ntimout = \"1h\"\n"));
+    assert_eq!(e.key.as_deref(), Some("jobs.sync.timout"), "{e}");
+}
+
+#[test]
 fn missing_repository_is_an_error() {
     let e = config_error("site = \"a\"\n");
     assert!(e.message.contains("missing field `repository`"), "{e}");
@@ -291,6 +340,14 @@ fn relations_between_keys_are_checked() {
     let e = config_error(&format!("{MINIMAL}[failover]\ninterval = \"10s\"\n"));
     assert_eq!(e.key.as_deref(), Some("failover.lease_ttl"), "{e}");
     assert_eq!(e.line, Some(3), "falls back to the [failover] table: {e}");
+    let e = config_error(&format!(
+        "{MINIMAL}[failover]\non_restart = [\"pg_ctl restart\"]\nswitchover_timeout = \"0s\"\n"
+    ));
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(5), Some("failover.switchover_timeout")),
+        "{e}"
+    );
     let e = config_error(&format!("{MINIMAL}[retention]\nkeep_last = 0\n"));
     assert_eq!(
         (e.line, e.key.as_deref()),

@@ -8,10 +8,14 @@ use std::fmt::Write;
 
 use time::OffsetDateTime;
 
-use crate::state::{FailoverView, JobRecord, JobState, View};
+use crate::state::{FailoverView, JobRecord, JobState, RunOutcome, View};
 
 /// The `Content-Type` of the format.
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The label that names the job. Not `job`: Prometheus reserves that for
+/// the scrape job and would store ours as `exported_job`.
+const TASK: &str = "task";
 
 /// A per-job family: name, help text, and how to read its value.
 type Family<T> = (&'static str, &'static str, fn(&JobRecord) -> T);
@@ -47,27 +51,59 @@ pub(crate) fn render(view: &View) -> String {
         let available = job.state != JobState::NotAvailable;
         out.sample(
             "warmspare_job_available",
-            &[("job", &job.name)],
+            &[(TASK, &job.name)],
             u8::from(available),
         );
     }
 
-    let counters: [Family<u64>; 2] = [
-        (
-            "warmspare_job_runs_total",
-            "Runs of the job that finished, whatever their outcome.",
-            |r| r.runs,
-        ),
-        (
-            "warmspare_job_failures_total",
-            "Runs of the job that failed or timed out.",
-            |r| r.failures,
-        ),
-    ];
-    for (name, help, value) in counters {
-        out.family(name, "counter", help);
-        for job in &view.jobs {
-            out.sample(name, &[("job", &job.name)], value(&job.record));
+    let runs = "warmspare_job_runs_total";
+    out.family(
+        runs,
+        "counter",
+        "Runs of the job that finished, by result: succeeded, skipped (the job does not \
+         apply at this site now, such as a backup at the spare), failed, timed_out, cancelled.",
+    );
+    for job in &view.jobs {
+        for outcome in RunOutcome::ALL {
+            out.sample(
+                runs,
+                &[(TASK, &job.name), ("result", outcome.as_str())],
+                job.record.count(outcome),
+            );
+        }
+    }
+
+    let failures = "warmspare_job_failures_total";
+    out.family(
+        failures,
+        "counter",
+        "Runs of the job that failed or timed out.",
+    );
+    for job in &view.jobs {
+        out.sample(failures, &[(TASK, &job.name)], job.record.failures);
+    }
+
+    // A state set: one series per result, 1 for the last run's.
+    let last = "warmspare_job_last_result";
+    let finished: Vec<_> = view
+        .jobs
+        .iter()
+        .filter_map(|job| job.record.last_outcome.map(|o| (&job.name, o)))
+        .collect();
+    if !finished.is_empty() {
+        out.family(
+            last,
+            "gauge",
+            "1 for the result of the job's last finished run, 0 for the other results.",
+        );
+        for (task, outcome) in finished {
+            for each in RunOutcome::ALL {
+                out.sample(
+                    last,
+                    &[(TASK, task), ("result", each.as_str())],
+                    u8::from(each == outcome),
+                );
+            }
         }
     }
 
@@ -82,12 +118,12 @@ pub(crate) fn render(view: &View) -> String {
         let r = &job.record;
         out.sample(
             skipped,
-            &[("job", &job.name), ("reason", "overlap")],
+            &[(TASK, &job.name), ("reason", "overlap")],
             r.skipped_overlap,
         );
         out.sample(
             skipped,
-            &[("job", &job.name), ("reason", "paused")],
+            &[(TASK, &job.name), ("reason", "paused")],
             r.skipped_paused,
         );
     }
@@ -100,7 +136,7 @@ pub(crate) fn render(view: &View) -> String {
     for job in &view.jobs {
         out.sample(
             "warmspare_job_running",
-            &[("job", &job.name)],
+            &[(TASK, &job.name)],
             u8::from(job.record.running),
         );
     }
@@ -108,7 +144,8 @@ pub(crate) fn render(view: &View) -> String {
     let timestamps: [Family<Option<OffsetDateTime>>; 3] = [
         (
             "warmspare_last_success_timestamp_seconds",
-            "Unix time at which the last successful run of the job finished.",
+            "Unix time at which the last successful run of the job finished (skipped runs \
+             do not count).",
             |r| r.last_success,
         ),
         (
@@ -133,7 +170,7 @@ pub(crate) fn render(view: &View) -> String {
         }
         out.family(name, "gauge", help);
         for (job, t) in samples {
-            out.sample(name, &[("job", job)], seconds(t));
+            out.sample(name, &[(TASK, job)], seconds(t));
         }
     }
 
@@ -270,16 +307,18 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
-    use crate::state::{JobView, RunOutcome};
+    use crate::state::JobView;
 
     fn view() -> View {
         let sync = JobRecord {
             next_run: Some(datetime!(2026-01-01 00:01 UTC)),
             last_start: Some(datetime!(2026-01-01 00:00 UTC)),
             last_success: Some(datetime!(2026-01-01 00:00:01.5 UTC)),
-            last_outcome: Some(RunOutcome::Succeeded),
+            last_outcome: Some(RunOutcome::Skipped),
             runs: 3,
             failures: 1,
+            // One success, one skipped run, one failure.
+            outcomes: [1, 1, 1, 0, 0],
             skipped_overlap: 2,
             ..JobRecord::default()
         };
@@ -320,18 +359,26 @@ mod tests {
             "# TYPE warmspare_agent_start_time_seconds gauge",
             "warmspare_agent_start_time_seconds 1767222000",
             "warmspare_scheduler_paused 0",
-            "warmspare_job_available{job=\"backup\"} 0",
-            "warmspare_job_available{job=\"sync\"} 1",
+            "warmspare_job_available{task=\"backup\"} 0",
+            "warmspare_job_available{task=\"sync\"} 1",
             "# TYPE warmspare_job_runs_total counter",
-            "warmspare_job_runs_total{job=\"backup\"} 0",
-            "warmspare_job_runs_total{job=\"sync\"} 3",
-            "warmspare_job_failures_total{job=\"sync\"} 1",
-            "warmspare_job_skipped_total{job=\"sync\",reason=\"overlap\"} 2",
-            "warmspare_job_skipped_total{job=\"sync\",reason=\"paused\"} 0",
-            "warmspare_job_running{job=\"sync\"} 1",
+            "warmspare_job_runs_total{task=\"backup\",result=\"succeeded\"} 0",
+            "warmspare_job_runs_total{task=\"sync\",result=\"succeeded\"} 1",
+            "warmspare_job_runs_total{task=\"sync\",result=\"skipped\"} 1",
+            "warmspare_job_runs_total{task=\"sync\",result=\"failed\"} 1",
+            "warmspare_job_runs_total{task=\"sync\",result=\"timed_out\"} 0",
+            "warmspare_job_runs_total{task=\"sync\",result=\"cancelled\"} 0",
+            "warmspare_job_failures_total{task=\"sync\"} 1",
+            "# TYPE warmspare_job_last_result gauge",
+            "warmspare_job_last_result{task=\"sync\",result=\"skipped\"} 1",
+            "warmspare_job_last_result{task=\"sync\",result=\"succeeded\"} 0",
+            "warmspare_job_last_result{task=\"sync\",result=\"failed\"} 0",
+            "warmspare_job_skipped_total{task=\"sync\",reason=\"overlap\"} 2",
+            "warmspare_job_skipped_total{task=\"sync\",reason=\"paused\"} 0",
+            "warmspare_job_running{task=\"sync\"} 1",
             "# TYPE warmspare_last_success_timestamp_seconds gauge",
-            "warmspare_last_success_timestamp_seconds{job=\"sync\"} 1767225601.5",
-            "warmspare_job_next_run_timestamp_seconds{job=\"sync\"} 1767225660",
+            "warmspare_last_success_timestamp_seconds{task=\"sync\"} 1767225601.5",
+            "warmspare_job_next_run_timestamp_seconds{task=\"sync\"} 1767225660",
         ];
         for line in expected {
             assert!(
@@ -339,8 +386,15 @@ mod tests {
                 "missing {line:?} in\n{text}"
             );
         }
+        // Prometheus reserves `job` for the scrape job: no sample carries it
+        // (it would be stored as `exported_job`).
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(!line.contains("{job=") && !line.contains(",job="), "{line}");
+        }
+        // `backup` never finished a run: no last result, not all zeros.
+        assert!(!text.contains("warmspare_job_last_result{task=\"backup\""));
         // No success yet for `backup`: no sample, not a zero.
-        assert!(!text.contains("warmspare_last_success_timestamp_seconds{job=\"backup\"}"));
+        assert!(!text.contains("warmspare_last_success_timestamp_seconds{task=\"backup\"}"));
         // Every sample line belongs to a family announced by HELP and TYPE.
         let mut announced = Vec::new();
         for line in text.lines() {
@@ -390,6 +444,36 @@ mod tests {
             text.lines()
                 .any(|l| l == "warmspare_probe_up{target=\"tcp://10.0.0.2:5432\",side=\"peer\"} 0")
         );
+    }
+
+    /// `deploy/prometheus/alerts.yml` names only metrics this file
+    /// exports, and the per-job label `task`.
+    #[test]
+    fn the_alert_rules_match_the_exposition() {
+        let rules = include_str!("../../../../deploy/prometheus/alerts.yml");
+        let source = include_str!("metrics.rs");
+        let names: Vec<&str> = rules
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("warmspare_") && *w != "warmspare_site")
+            .collect();
+        assert!(names.contains(&"warmspare_job_last_result"), "{names:?}");
+        for name in names {
+            assert!(
+                source.contains(&format!("\"{name}\"")),
+                "{name} is not exported"
+            );
+        }
+        assert!(!rules.contains("exported_job"));
+        let text = render(&view());
+        for selector in [
+            "warmspare_job_last_result{task=",
+            "warmspare_job_runs_total{task=\"sync\",result=\"timed_out\"}",
+            "warmspare_job_skipped_total{task=\"sync\",reason=\"overlap\"}",
+        ] {
+            assert!(text.contains(selector), "{selector}");
+            let used = selector.split('{').next().unwrap();
+            assert!(rules.contains(used), "{used}");
+        }
     }
 
     #[test]

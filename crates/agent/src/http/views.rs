@@ -111,6 +111,7 @@ fn job(job: &JobView) -> Value {
         "last_success": rfc3339(r.last_success),
         "runs": r.runs,
         "failures": r.failures,
+        "skipped_runs": r.count(RunOutcome::Skipped),
         "skipped_overlap": r.skipped_overlap,
         "skipped_paused": r.skipped_paused,
     })
@@ -145,11 +146,13 @@ pub(crate) fn health(view: &View) -> Value {
 }
 
 /// `not_available`, `unscheduled`, `pending` (no run finished yet), `ok`,
-/// `failing` or `cancelled`, from the job's state and last outcome.
+/// `skipped` (the job does not apply at this site now), `failing` or
+/// `cancelled`, from the job's state and last outcome.
 fn check_status(job: &JobView) -> &'static str {
     match (job.state, job.record.last_outcome) {
         (JobState::NotAvailable, _) => "not_available",
         (_, Some(RunOutcome::Succeeded)) => "ok",
+        (_, Some(RunOutcome::Skipped)) => "skipped",
         (_, Some(RunOutcome::Failed | RunOutcome::TimedOut)) => "failing",
         (_, Some(RunOutcome::Cancelled)) => "cancelled",
         (JobState::Unscheduled, None) => "unscheduled",

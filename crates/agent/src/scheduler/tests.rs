@@ -348,3 +348,47 @@ async fn shutdown_drops_a_job_that_does_not_stop_within_the_grace_period() {
     );
     assert!(!r.running);
 }
+
+#[tokio::test]
+async fn skipped_runs_are_counted_apart_and_never_refresh_the_last_success() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let job = {
+        let calls = calls.clone();
+        FnJob::new("sync", move |_ctx| {
+            let call = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if call == 0 {
+                    Ok(JobOutcome::summary("3 copied"))
+                } else {
+                    Ok(JobOutcome::skipped("the active site runs sync"))
+                }
+            }
+        })
+    };
+    let h = Harness::start("every 10s", HOUR, job);
+    h.until("scheduled", |r| r.next_run.is_some()).await;
+    h.clock.advance(Duration::from_secs(10));
+    let first = h.until("a success", |r| r.runs == 1).await;
+    assert_eq!(first.last_outcome, Some(RunOutcome::Succeeded));
+    let success = first.last_success.unwrap();
+
+    for n in 2..=3 {
+        h.clock.advance(Duration::from_secs(10));
+        h.until("a skipped run", |r| r.runs == n).await;
+    }
+    let r = h.record();
+    assert_eq!(r.last_outcome, Some(RunOutcome::Skipped));
+    assert_eq!(
+        r.last_summary.as_deref(),
+        Some("skipped: the active site runs sync")
+    );
+    assert_eq!(r.last_error, None);
+    assert_eq!(r.last_success, Some(success), "a skip is not a success");
+    assert_eq!(r.count(RunOutcome::Succeeded), 1);
+    assert_eq!(r.count(RunOutcome::Skipped), 2);
+    assert_eq!(r.failures, 0);
+    assert_eq!(
+        RunOutcome::ALL.iter().map(|o| r.count(*o)).sum::<u64>(),
+        r.runs
+    );
+}

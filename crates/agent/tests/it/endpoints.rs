@@ -7,14 +7,22 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{TOKEN, TestAgent, config, count, counting, failing, job_in, options, sample};
+use crate::{
+    TOKEN, TestAgent, config, count, counting, failing, job_in, not_applicable, options, sample,
+};
 
 #[tokio::test]
 async fn metrics_and_status_match_what_happened() {
     let (backup, backups) = counting("backup");
     let agent = TestAgent::start(
-        config("backup = \"every 1s\"\nsync = \"every 1s\"\nverify = \"0 3 * * *\""),
-        options().job(backup).job(failing("sync")),
+        config(
+            "backup = \"every 1s\"\nsync = \"every 1s\"\nverify = \"0 3 * * *\"\n\
+             prune = \"every 1s\"",
+        ),
+        options()
+            .job(backup)
+            .job(failing("sync"))
+            .job(not_applicable("prune")),
     )
     .await;
     agent
@@ -23,13 +31,16 @@ async fn metrics_and_status_match_what_happened() {
     agent
         .wait_job("sync", "two failed syncs", |j| count(j, "runs") >= 2)
         .await;
+    agent
+        .wait_job("prune", "two skipped prunes", |j| count(j, "runs") >= 2)
+        .await;
 
     // Pause so that the numbers hold still while both are read.
     assert_eq!(
         agent.post("/pause", Some(TOKEN)).await.status(),
         StatusCode::OK
     );
-    for name in ["backup", "sync"] {
+    for name in ["backup", "sync", "prune"] {
         agent
             .wait_job(name, "no run in progress", |j| j["state"] == "idle")
             .await;
@@ -50,15 +61,18 @@ async fn metrics_and_status_match_what_happened() {
     assert_eq!(backup["last_outcome"], "succeeded");
     assert_eq!(backup["schedule"], "every 1s");
     assert_eq!(
-        sample(&text, "warmspare_job_runs_total{job=\"backup\"}"),
+        sample(
+            &text,
+            "warmspare_job_runs_total{task=\"backup\",result=\"succeeded\"}"
+        ),
         Some(runs as f64)
     );
     assert_eq!(
-        sample(&text, "warmspare_job_failures_total{job=\"backup\"}"),
+        sample(&text, "warmspare_job_failures_total{task=\"backup\"}"),
         Some(0.0)
     );
     assert_eq!(
-        sample(&text, "warmspare_job_running{job=\"backup\"}"),
+        sample(&text, "warmspare_job_running{task=\"backup\"}"),
         Some(0.0)
     );
     let last_success = OffsetDateTime::parse(backup["last_success"].as_str().unwrap(), &Rfc3339)
@@ -67,7 +81,7 @@ async fn metrics_and_status_match_what_happened() {
         / 1e9;
     let exported = sample(
         &text,
-        "warmspare_last_success_timestamp_seconds{job=\"backup\"}",
+        "warmspare_last_success_timestamp_seconds{task=\"backup\"}",
     )
     .unwrap();
     assert!(
@@ -82,20 +96,80 @@ async fn metrics_and_status_match_what_happened() {
     assert_eq!(sync["last_error"], "the store is unreachable");
     assert!(sync["last_success"].is_null());
     assert_eq!(
-        sample(&text, "warmspare_job_runs_total{job=\"sync\"}"),
+        sample(
+            &text,
+            "warmspare_job_runs_total{task=\"sync\",result=\"failed\"}"
+        ),
         Some(runs as f64)
     );
     assert_eq!(
-        sample(&text, "warmspare_job_failures_total{job=\"sync\"}"),
+        sample(&text, "warmspare_job_failures_total{task=\"sync\"}"),
         Some(runs as f64)
     );
     assert_eq!(
         sample(
             &text,
-            "warmspare_last_success_timestamp_seconds{job=\"sync\"}"
+            "warmspare_last_success_timestamp_seconds{task=\"sync\"}"
         ),
         None
     );
+
+    assert_eq!(
+        sample(
+            &text,
+            "warmspare_job_last_result{task=\"sync\",result=\"failed\"}"
+        ),
+        Some(1.0)
+    );
+
+    // A job that does not apply at this site: its runs are skipped, not
+    // successes; nothing pretends it is fresh, nothing counts a failure.
+    let prune = job_in(&body, "prune");
+    let runs = count(&prune, "runs");
+    assert_eq!(prune["last_outcome"], "skipped");
+    assert_eq!(prune["last_summary"], "skipped: the active site prunes");
+    assert!(prune["last_success"].is_null(), "{prune}");
+    assert_eq!(count(&prune, "skipped_runs"), runs);
+    assert_eq!(count(&prune, "failures"), 0);
+    for (result, value) in [
+        ("skipped", runs as f64),
+        ("succeeded", 0.0),
+        ("failed", 0.0),
+        ("timed_out", 0.0),
+        ("cancelled", 0.0),
+    ] {
+        assert_eq!(
+            sample(
+                &text,
+                &format!("warmspare_job_runs_total{{task=\"prune\",result=\"{result}\"}}")
+            ),
+            Some(value),
+            "{result}\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "warmspare_job_last_result{task=\"prune\",result=\"skipped\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "warmspare_job_last_result{task=\"prune\",result=\"succeeded\"}"
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "warmspare_last_success_timestamp_seconds{task=\"prune\"}"
+        ),
+        None
+    );
+    // No label the scraper would rename to `exported_job`.
+    assert!(!text.contains("job=\""), "{text}");
 
     // Scheduled but not implemented in this build: reported, never run.
     let verify = job_in(&body, "verify");
@@ -104,15 +178,18 @@ async fn metrics_and_status_match_what_happened() {
     assert!(verify["last_outcome"].is_null());
     assert!(verify["next_run"].is_null());
     assert_eq!(
-        sample(&text, "warmspare_job_available{job=\"verify\"}"),
+        sample(&text, "warmspare_job_available{task=\"verify\"}"),
         Some(0.0)
     );
     assert_eq!(
-        sample(&text, "warmspare_job_available{job=\"backup\"}"),
+        sample(&text, "warmspare_job_available{task=\"backup\"}"),
         Some(1.0)
     );
     assert_eq!(
-        sample(&text, "warmspare_job_runs_total{job=\"verify\"}"),
+        sample(
+            &text,
+            "warmspare_job_runs_total{task=\"verify\",result=\"succeeded\"}"
+        ),
         Some(0.0)
     );
 
@@ -152,6 +229,7 @@ async fn metrics_and_status_match_what_happened() {
     assert_eq!(check("job:sync")["status"], "failing");
     assert_eq!(check("job:sync")["last_error"], "the store is unreachable");
     assert_eq!(check("job:verify")["status"], "not_available");
+    assert_eq!(check("job:prune")["status"], "skipped");
 }
 
 #[tokio::test]

@@ -57,7 +57,7 @@ async fn pause_needs_the_token_and_stops_the_scheduler_until_resume() {
     assert!(
         crate::sample(
             &metrics,
-            "warmspare_job_skipped_total{job=\"backup\",reason=\"paused\"}"
+            "warmspare_job_skipped_total{task=\"backup\",reason=\"paused\"}"
         )
         .unwrap()
             >= (skipped + 2) as f64

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod endpoints;
+mod jobs;
 mod lifecycle;
 mod sites;
 
@@ -60,6 +61,13 @@ pub(crate) fn counting(name: &str) -> (Arc<FnJob>, Arc<AtomicUsize>) {
 pub(crate) fn failing(name: &str) -> Arc<FnJob> {
     Arc::new(FnJob::new(name, |_ctx| async {
         Err(JobError::msg("the store is unreachable"))
+    }))
+}
+
+/// A job whose runs never apply at this site (like `prune` at a spare).
+pub(crate) fn not_applicable(name: &str) -> Arc<FnJob> {
+    Arc::new(FnJob::new(name, |_ctx| async {
+        Ok(JobOutcome::skipped("the active site prunes"))
     }))
 }
 
@@ -184,6 +192,15 @@ pub(crate) fn job_in(status: &Value, name: &str) -> Value {
         .find(|j| j["name"] == name)
         .unwrap_or_else(|| panic!("no job {name} in {status}"))
         .clone()
+}
+
+/// `warmspare_job_runs_total` of `task`, summed over every `result`.
+pub(crate) fn runs_total(text: &str, task: &str) -> f64 {
+    let prefix = format!("warmspare_job_runs_total{{task=\"{task}\",result=");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| rest.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
 }
 
 /// The value of the sample `series` (name and labels) in a `/metrics` text.
