@@ -6,8 +6,11 @@
 //! lease, the probes of both sites. [`run`] then opens the repository for
 //! the lease (bounded timeouts, [`lease_store_config`]), **probes its
 //! compare-and-swap first** and only on success starts the driver, the
-//! probe runners and, for a logical-restore spare, the task that reports
-//! the age of the newest restored snapshot as replication lag. On shutdown
+//! probe runners, for a logical-restore spare the task that reports the
+//! age of the newest restored snapshot as replication lag, and, when the
+//! peer has an `agent` URL, the task that reads the peer agent's `/status`
+//! and tells the driver whether the peer would take the lease over (the
+//! watchdog releases the lease only to a peer that would). On shutdown
 //! a holder whose local service is healthy releases the lease
 //! ([`OnShutdown::ReleaseIfHealthy`]) before the driver stops.
 //!
@@ -151,6 +154,8 @@ pub(crate) struct Plan {
     pub(crate) database: String,
     pub(crate) local_probes: Vec<Probe>,
     pub(crate) peer_probes: Vec<Probe>,
+    /// The peer agent's base URL, when configured.
+    pub(crate) peer_agent: Option<String>,
     pub(crate) logical_restore: bool,
 }
 
@@ -205,6 +210,7 @@ impl Plan {
             database: own.database.expose().to_owned(),
             local_probes: probes_of(own)?,
             peer_probes: probes_of(peer_config)?,
+            peer_agent: peer_config.agent.as_ref().map(|a| a.as_str().to_owned()),
             logical_restore: own.mode == SiteMode::LogicalRestore,
         })
     }
@@ -330,6 +336,14 @@ pub(crate) async fn run(
             plan.failover.interval,
         ));
     }
+    if let Some(peer_agent) = plan.peer_agent.clone() {
+        tasks.spawn(report_peer_status(
+            handle.clone(),
+            peer_agent,
+            plan.failover.interval,
+            plan.failover.timeout,
+        ));
+    }
     // On shutdown a healthy holder steps down (fence, then a released
     // lease with no successor) so that the peer takes over at its next read
     // rather than after `ttl + margin`. An unhealthy holder leaves the lease
@@ -373,6 +387,50 @@ async fn report_restored_age(
             return;
         }
     }
+}
+
+/// Reads the peer agent's `/status` every `interval` and reports to the
+/// driver whether the peer would take the lease over if it were released
+/// now ([`Event::PeerLag`]): its lag when it is a running, unpaused,
+/// healthy standby that knows its lag, else "would not" (also when it does
+/// not answer). The holder's watchdog releases the lease only on a recent
+/// positive report (`docs/failover-safety.md`, "The watchdog").
+async fn report_peer_status(
+    handle: DriverHandle,
+    peer_agent: String,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let measured_at = handle.clock().now();
+        let lag = match warmspare_failover::remote::agent_status(&peer_agent, timeout).await {
+            Ok(status) => peer_takeover_lag(&status),
+            Err(error) => {
+                tracing::debug!(%error, "the peer agent's status is not available");
+                None
+            }
+        };
+        let report = Event::PeerLag { lag, measured_at };
+        if handle.send_event(report).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// From a peer agent's `/status`: its lag, when it would take the lease
+/// over now (driver running, role `standby`, not paused, local service
+/// healthy, a known lag); `None` otherwise.
+fn peer_takeover_lag(status: &serde_json::Value) -> Option<Duration> {
+    let f = &status["failover"];
+    let ready = f["running"] == true
+        && f["role"] == "standby"
+        && f["paused"] == false
+        && f["local"] == "healthy";
+    let lag = f["lag_seconds"].as_f64()?;
+    (ready && lag.is_finite() && lag >= 0.0).then(|| Duration::from_secs_f64(lag))
 }
 
 #[cfg(test)]
@@ -444,5 +502,45 @@ mod tests {
         );
         // Lease requests are bounded by the policy's request timeout.
         assert_eq!(plan.lease_store.timeout, Some(plan.policy.request_timeout));
+        assert_eq!(plan.peer_agent, None);
+    }
+
+    #[test]
+    fn new_failover_keys_reach_the_policy_and_the_hooks() {
+        let c = config(
+            &["primary", "spare"],
+            "agent = \"http://10.0.0.9:9750\"\n\
+             [failover]\nswitchover_timeout = \"3m\"\non_restart = [\"systemctl restart postgresql\"]\n",
+        );
+        let plan = Plan::from_config(&c, "primary", None).unwrap();
+        assert_eq!(plan.policy.switchover_timeout, Duration::from_secs(180));
+        assert_eq!(plan.peer_agent.as_deref(), Some("http://10.0.0.9:9750"));
+        let hooks = Hooks::from_config("primary", &plan.failover);
+        assert_eq!(hooks.on_restart, ["systemctl restart postgresql"]);
+    }
+
+    #[test]
+    fn a_peer_takes_over_only_as_a_healthy_unpaused_standby_with_a_lag() {
+        let status = |role: &str, paused: bool, local: &str, lag: serde_json::Value| {
+            serde_json::json!({
+                "failover": {
+                    "running": true, "role": role, "paused": paused,
+                    "local": local, "lag_seconds": lag,
+                }
+            })
+        };
+        assert_eq!(
+            peer_takeover_lag(&status("standby", false, "healthy", 2.5.into())),
+            Some(Duration::from_millis(2500))
+        );
+        for no in [
+            status("standby", true, "healthy", 2.5.into()),
+            status("standby", false, "unhealthy", 2.5.into()),
+            status("primary", false, "healthy", 0.into()),
+            status("standby", false, "healthy", serde_json::Value::Null),
+            serde_json::json!({ "failover": { "running": false, "reason": "x" } }),
+        ] {
+            assert_eq!(peer_takeover_lag(&no), None, "{no}");
+        }
     }
 }

@@ -83,6 +83,16 @@ pub struct FailoverConfig {
     pub on_promote: Vec<String>,
     /// Shell commands run at a site that fences itself.
     pub on_fence: Vec<String>,
+    /// Shell commands the watchdog runs to restart the local service once
+    /// it has failed `unhealthy_threshold` probes in a row, before any
+    /// handover.
+    pub on_restart: Vec<String>,
+    /// Planned switchover: how long the old holder may take to read its
+    /// final WAL position, and how long the successor waits to replay it
+    /// before it raises a critical alert (it keeps waiting; it never
+    /// promotes without the data on its own).
+    #[serde(with = "humantime_serde")]
+    pub switchover_timeout: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -98,6 +108,8 @@ impl Default for FailoverConfig {
             cooldown: Duration::from_secs(30 * 60),
             on_promote: Vec::new(),
             on_fence: Vec::new(),
+            on_restart: Vec::new(),
+            switchover_timeout: crate::policy::SWITCHOVER_TIMEOUT,
         }
     }
 }
@@ -141,9 +153,13 @@ impl FailoverConfig {
                 "must be longer than `interval`, or the holder cannot renew the lease in time",
             );
         }
+        if self.switchover_timeout.is_zero() {
+            return invalid("switchover_timeout", "must be greater than zero");
+        }
         for (key, hooks) in [
             ("on_promote", &self.on_promote),
             ("on_fence", &self.on_fence),
+            ("on_restart", &self.on_restart),
         ] {
             if hooks.iter().any(|h| h.trim().is_empty()) {
                 return invalid(key, "hook commands must not be empty");
@@ -194,6 +210,8 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(6));
         assert_eq!(c.max_data_loss, Duration::from_secs(300));
         assert_eq!(c.cooldown, Duration::from_secs(1800));
+        assert_eq!(c.switchover_timeout, Duration::from_secs(60));
+        assert!(c.on_restart.is_empty());
         c.validate().unwrap();
     }
 
@@ -212,6 +230,8 @@ mod tests {
             cooldown = "1h"
             on_promote = ["echo promoted"]
             on_fence = ["systemctl stop hab-sup"]
+            on_restart = ["systemctl restart postgresql"]
+            switchover_timeout = "2m"
             "#,
         )
         .unwrap();
@@ -221,6 +241,8 @@ mod tests {
         assert_eq!(c.lease_ttl, Duration::from_secs(90));
         assert_eq!(c.cooldown, Duration::from_secs(3600));
         assert_eq!(c.on_fence, ["systemctl stop hab-sup"]);
+        assert_eq!(c.on_restart, ["systemctl restart postgresql"]);
+        assert_eq!(c.switchover_timeout, Duration::from_secs(120));
         c.validate().unwrap();
     }
 
@@ -263,6 +285,16 @@ mod tests {
             ..FailoverConfig::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "on_promote");
+        let c = FailoverConfig {
+            on_restart: vec![String::new()],
+            ..FailoverConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "on_restart");
+        let c = FailoverConfig {
+            switchover_timeout: Duration::ZERO,
+            ..FailoverConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "switchover_timeout");
     }
 
     #[test]
@@ -270,6 +302,7 @@ mod tests {
         let text = toml::to_string(&FailoverConfig::default()).unwrap();
         assert!(text.contains("lease_ttl = \"6s\""), "{text}");
         assert!(text.contains("cooldown = \"30m\""), "{text}");
+        assert!(text.contains("switchover_timeout = \"1m\""), "{text}");
         let back: FailoverConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, FailoverConfig::default());
     }

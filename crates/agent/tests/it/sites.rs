@@ -12,7 +12,7 @@ use serde_json::Value;
 use warmspare_agent::Config;
 use warmspare_testkit::PostgresCluster;
 
-use crate::{TOKEN, TestAgent, count, job_in, options, sample};
+use crate::{TOKEN, TestAgent, count, job_in, options, runs_total, sample};
 
 const DB: &str = "app";
 
@@ -185,7 +185,9 @@ async fn one_active_site_scheduled_jobs_and_failover_to_the_spare() {
         .await;
     assert!(stores[1].path().join("core-openssl-3.0.hart").exists());
     let spare_sync = spare
-        .wait_job("sync", "a sync run at the spare", succeeded)
+        .wait_job("sync", "a sync run at the spare", |j| {
+            j["last_outcome"] == "skipped"
+        })
         .await;
     assert_eq!(
         spare_sync["last_summary"],
@@ -220,12 +222,12 @@ async fn one_active_site_scheduled_jobs_and_failover_to_the_spare() {
     let backup_now = job_in(&status, "backup");
     assert_eq!(count(&backup, "runs"), count(&backup_now, "runs"));
     assert_eq!(
-        sample(&metrics, "warmspare_job_runs_total{job=\"backup\"}"),
-        Some(count(&backup_now, "runs") as f64),
+        runs_total(&metrics, "backup"),
+        count(&backup_now, "runs") as f64,
         "{metrics}"
     );
     assert_eq!(
-        sample(&metrics, "warmspare_job_failures_total{job=\"backup\"}"),
+        sample(&metrics, "warmspare_job_failures_total{task=\"backup\"}"),
         Some(count(&backup_now, "failures") as f64),
     );
     let snapshot = sample(&metrics, "warmspare_last_snapshot_timestamp_seconds")
@@ -276,22 +278,22 @@ async fn one_active_site_scheduled_jobs_and_failover_to_the_spare() {
     assert_eq!(status["lease"]["holder"], "spare", "{status}");
     let new_epoch = status["lease"]["epoch"].as_f64().unwrap();
     assert!(new_epoch > epoch, "the epoch grows: {status}");
-    // The promoted spare records the new epoch and accepts writes. The
-    // promotion runs just after the lease is taken, so /active may answer
-    // a moment before it has finished: poll.
-    let spare_db = &spare_db;
-    eventually(
-        "the new epoch in the spare's database",
-        Duration::from_secs(20),
-        || async move {
-            let recorded = spare_db
-                .psql_in(DB, "SELECT max(epoch) FROM warmspare.epoch")
-                .await
-                .ok()?;
-            (recorded.trim().parse::<f64>().ok() == Some(new_epoch)).then_some(())
-        },
-    )
-    .await;
+    // `/active` answers 200 only once the promotion returned: by then the
+    // spare's database has recorded the new epoch and accepts writes.
+    let recorded = spare_db
+        .psql_in(DB, "SELECT max(epoch) FROM warmspare.epoch")
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded.trim().parse::<f64>().ok(),
+        Some(new_epoch),
+        "the new epoch in the spare's database"
+    );
+    let read_only = spare_db
+        .psql_in(DB, "SHOW default_transaction_read_only")
+        .await
+        .unwrap();
+    assert_eq!(read_only.trim(), "off");
     spare_db
         .psql_in(DB, "INSERT INTO packages VALUES ('core/zlib')")
         .await
@@ -454,10 +456,19 @@ async fn a_healthy_primary_releases_the_lease_on_shutdown() {
     );
     let (_, status) = spare.get_json("/status").await;
     assert_eq!(status["lease"]["holder"], "spare", "{status}");
-    assert!(
-        status["lease"]["epoch"].as_f64().unwrap() > epoch,
-        "{status}"
-    );
+    let new_epoch = status["lease"]["epoch"].as_f64().unwrap();
+    assert!(new_epoch > epoch, "{status}");
+    // `/active` said 200, so the promotion has returned: the new epoch is
+    // recorded and the spare's database takes writes.
+    let recorded = spare_db
+        .psql_in(DB, "SELECT max(epoch) FROM warmspare.epoch")
+        .await
+        .unwrap();
+    assert_eq!(recorded.trim().parse::<f64>().ok(), Some(new_epoch));
+    spare_db
+        .psql_in(DB, "INSERT INTO packages VALUES ('core/bzip2')")
+        .await
+        .unwrap();
     // The old primary's database was fenced before the release: read-only.
     let read_only = primary_db
         .psql_in(DB, "SHOW default_transaction_read_only")

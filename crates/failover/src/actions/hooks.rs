@@ -1,10 +1,11 @@
-//! `on_promote` / `on_fence` hooks: shell commands run with the site, role
-//! and epoch in their environment, with a timeout, their output logged.
+//! `on_promote` / `on_fence` / `on_restart` hooks: shell commands run with
+//! the site, role and epoch in their environment, with a timeout, their
+//! output logged.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use crate::policy::HookKind;
+use crate::policy::{HookKind, Role};
 use crate::{Error, FailoverConfig, Result};
 
 /// The role a hook is told about in `WARMSPARE_ROLE`.
@@ -29,11 +30,14 @@ impl HookRole {
 /// The configured hooks of one site.
 ///
 /// Each command runs as `sh -c COMMAND` with `WARMSPARE_SITE`,
-/// `WARMSPARE_ROLE` (`primary` or `fenced`) and `WARMSPARE_EPOCH` set, one
-/// after the other; a command that outlives `timeout` is killed. Its stdout
-/// and stderr are logged line by line (`tracing`, target
-/// `warmspare_failover::hook`). All commands run even when one fails; the
-/// first failure is returned.
+/// `WARMSPARE_ROLE`, `WARMSPARE_EPOCH` and `WARMSPARE_HOOK` (`on_promote`,
+/// `on_fence`, `on_restart`) set, one after the other; a command that
+/// outlives `timeout` is killed. The role is `primary` for `on_promote`,
+/// `fenced` for `on_fence`, and the site's role when the watchdog decided
+/// for `on_restart` (`primary`, `standby`, `fenced-holder`, `promoting` or
+/// `acquiring`). Its stdout and stderr are logged line by line (`tracing`,
+/// target `warmspare_failover::hook`). All commands run even when one
+/// fails; the first failure is returned.
 #[derive(Debug, Clone)]
 pub struct Hooks {
     /// This site's name.
@@ -42,6 +46,8 @@ pub struct Hooks {
     pub on_promote: Vec<String>,
     /// Commands run after fencing.
     pub on_fence: Vec<String>,
+    /// Commands the watchdog runs to restart the local service.
+    pub on_restart: Vec<String>,
     /// Time limit per command.
     pub timeout: Duration,
 }
@@ -53,19 +59,31 @@ impl Hooks {
             site: site.into(),
             on_promote: config.on_promote.clone(),
             on_fence: config.on_fence.clone(),
+            on_restart: config.on_restart.clone(),
             timeout: Duration::from_secs(30),
         }
     }
 
     /// Runs the hooks of `kind`.
     pub async fn run(&self, kind: HookKind, epoch: u64) -> Result<()> {
-        let (commands, role) = match kind {
-            HookKind::OnPromote => (&self.on_promote, HookRole::Primary),
-            HookKind::OnFence => (&self.on_fence, HookRole::Fenced),
+        let (commands, role, hook) = match kind {
+            HookKind::OnPromote => (&self.on_promote, HookRole::Primary, "on_promote"),
+            HookKind::OnFence => (&self.on_fence, HookRole::Fenced, "on_fence"),
         };
+        self.run_all(commands, hook, role.as_str(), epoch).await
+    }
+
+    /// Runs the `on_restart` hooks, telling them the site's `role`.
+    pub async fn restart(&self, role: Role, epoch: u64) -> Result<()> {
+        let role = role.to_string();
+        self.run_all(&self.on_restart, "on_restart", &role, epoch)
+            .await
+    }
+
+    async fn run_all(&self, commands: &[String], hook: &str, role: &str, epoch: u64) -> Result<()> {
         let mut first_error = None;
         for command in commands {
-            if let Err(e) = self.run_one(command, role, epoch).await {
+            if let Err(e) = self.run_one(command, hook, role, epoch).await {
                 tracing::error!(target: "warmspare_failover::hook", "{e}");
                 first_error.get_or_insert(e);
             }
@@ -73,7 +91,7 @@ impl Hooks {
         first_error.map_or(Ok(()), Err)
     }
 
-    async fn run_one(&self, command: &str, role: HookRole, epoch: u64) -> Result<()> {
+    async fn run_one(&self, command: &str, hook: &str, role: &str, epoch: u64) -> Result<()> {
         let fail = |message: String| Error::Hook {
             command: command.to_owned(),
             message,
@@ -82,15 +100,16 @@ impl Hooks {
             .arg("-c")
             .arg(command)
             .env("WARMSPARE_SITE", &self.site)
-            .env("WARMSPARE_ROLE", role.as_str())
+            .env("WARMSPARE_ROLE", role)
             .env("WARMSPARE_EPOCH", epoch.to_string())
+            .env("WARMSPARE_HOOK", hook)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| fail(format!("cannot start: {e}")))?;
-        tracing::info!(target: "warmspare_failover::hook", command, role = role.as_str(), epoch, "running hook");
+        tracing::info!(target: "warmspare_failover::hook", command, hook, role, epoch, "running hook");
         let output = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
             Err(_) => {
                 return Err(fail(format!(
@@ -129,11 +148,20 @@ mod tests {
                 out.display()
             )],
             on_fence: vec!["exit 3".into(), "sleep 5".into()],
+            on_restart: vec![format!(
+                "echo \"$WARMSPARE_HOOK $WARMSPARE_SITE $WARMSPARE_ROLE $WARMSPARE_EPOCH\" > {}",
+                out.display()
+            )],
             timeout: Duration::from_millis(300),
         };
         hooks.run(HookKind::OnPromote, 7).await.unwrap();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), "spare primary 7\n");
         let err = hooks.run(HookKind::OnFence, 7).await.unwrap_err();
         assert!(err.to_string().contains("exit status: 3"), "{err}");
+        hooks.restart(Role::Standby, 9).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "on_restart spare standby 9\n"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! What the driver does to the local service when the policy says so:
-//! promote, fence, unfence, run hooks, restart.
+//! promote, fence, unfence, run hooks, restart (the `on_restart` hooks).
 //!
 //! [`Actions`] is the seam: the driver calls it in the order the policy
 //! returned the actions; the agent plugs in [`PostgresActions`] (with
@@ -14,7 +14,9 @@ pub use hooks::{HookRole, Hooks};
 pub use postgres::{PostgresActions, record_epoch_sql};
 
 use crate::Result;
-use crate::policy::{AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Replay, Severity};
+use crate::policy::{
+    AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Replay, Role, Severity,
+};
 
 /// The side effects of the failover policy on this site.
 ///
@@ -22,7 +24,10 @@ use crate::policy::{AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Repla
 ///
 /// * Calls come one at a time, in the order the policy issued them; the
 ///   driver waits for each to return (bounded by its own timeouts) before
-///   the next. A [`ReleaseLease`](crate::policy::Action::ReleaseLease) is
+///   the next. [`restart_local`](Actions::restart_local) is the exception:
+///   it runs beside them (a slow restart must not delay a fence), at most
+///   one at a time, and must return in bounded time (the watchdog waits
+///   for its answer). A [`ReleaseLease`](crate::policy::Action::ReleaseLease) is
 ///   sent only after the preceding [`fence`](Actions::fence) returned.
 /// * Every method is **idempotent**: promoting a database that already is
 ///   primary (with the epoch already recorded), fencing a fenced one, and so
@@ -64,10 +69,13 @@ pub trait Actions: fmt::Debug + Send + Sync + 'static {
     /// Run the configured hooks of `kind`.
     async fn run_hook(&self, kind: HookKind, epoch: u64) -> Result<()>;
 
-    /// The watchdog asks for the local service to be restarted. The default
-    /// does nothing but say so.
-    async fn restart_local(&self) -> Result<()> {
+    /// The watchdog asks for the local service to be restarted; `role` and
+    /// `epoch` are the site's when it decided. The default does nothing
+    /// but say so.
+    async fn restart_local(&self, role: Role, epoch: u64) -> Result<()> {
         tracing::warn!(
+            %role,
+            epoch,
             "watchdog asked for a restart of the local service; no restart action is configured"
         );
         Ok(())
@@ -123,5 +131,18 @@ impl Actions for SiteActions {
 
     async fn run_hook(&self, kind: HookKind, epoch: u64) -> Result<()> {
         self.hooks.run(kind, epoch).await
+    }
+
+    /// Runs the `on_restart` hooks; without any, only logs the request.
+    async fn restart_local(&self, role: Role, epoch: u64) -> Result<()> {
+        if self.hooks.on_restart.is_empty() {
+            tracing::warn!(
+                site = %self.hooks.site,
+                %role,
+                "watchdog asked for a restart of the local service; no `on_restart` hook is configured"
+            );
+            return Ok(());
+        }
+        self.hooks.restart(role, epoch).await
     }
 }

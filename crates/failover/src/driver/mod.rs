@@ -10,7 +10,7 @@
 //!   events. The policy took `t_send` when it issued the write, before the
 //!   request leaves, as the safety argument requires.
 //! * `Fence`, `Unfence`, `Promote`, `CaptureFinalLsn`, `RunHook`,
-//!   `RestartLocal`, `Alert` and `ReleaseLease` go, in order, to one worker
+//!   `Alert` and `ReleaseLease` go, in order, to one worker
 //!   task that calls [`Actions`]; a release or a final-position read is
 //!   sent only after the fence before it has returned. The outcomes of
 //!   `Promote`, `Unfence` and `CaptureFinalLsn` go back to the policy as
@@ -19,6 +19,11 @@
 //!   promotion cannot delay a renewal or the fence at the lease deadline.
 //! * `ReadReplayPosition` runs as a concurrent task bounded by the request
 //!   timeout.
+//! * `RestartLocal` (the watchdog's `on_restart` hooks) runs as a
+//!   concurrent task too, so that a restart that takes seconds cannot hold
+//!   up a fence queued behind it; its end goes back as
+//!   [`Event::RestartResult`], after which a fenced site enforces its
+//!   fence again.
 //! * The wall clock ([`Clock::unix_millis`]) goes to the policy at start
 //!   and every [`WALL_CLOCK_EVERY`], for the cooldown stamps.
 //!
@@ -560,6 +565,19 @@ impl Driver {
                             .await;
                     });
                 }
+                Action::RestartLocal { role, epoch } => {
+                    let (actions, tx) = (Arc::clone(&self.actions), events.clone());
+                    tokio::spawn(async move {
+                        let ok = match actions.restart_local(role, epoch).await {
+                            Ok(()) => true,
+                            Err(error) => {
+                                tracing::error!(%error, "the watchdog's restart failed");
+                                false
+                            }
+                        };
+                        let _ = tx.send(Input::Event(Event::RestartResult { ok })).await;
+                    });
+                }
                 Action::AcquireLease { .. } | Action::RenewLease { .. } => {
                     let Some((request, record, condition)) = action.lease_write() else {
                         continue;
@@ -645,7 +663,6 @@ async fn worker(
                 result.map(|_| ())
             }
             Action::RunHook { kind, epoch } => actions.run_hook(*kind, *epoch).await,
-            Action::RestartLocal => actions.restart_local().await,
             Action::Alert {
                 severity,
                 kind,

@@ -158,6 +158,45 @@ impl Policy {
             }
             return;
         }
+        if rec.holder == site
+            && rec.released
+            && rec.successor.is_none()
+            && self.watchdog_released == Some(rec.epoch)
+            && self.operator_failover.is_none()
+        {
+            // This site's watchdog released this lease and nobody took it
+            // since (the conditional write below proves it): nothing was
+            // written anywhere else, so taking it back loses nothing and
+            // needs no data-loss guard or cooldown.
+            if self.local.is_healthy() && !self.paused {
+                let mut record = rec.clone();
+                record.renewals += 1;
+                record.released = false;
+                record.successor = None;
+                record.final_lsn = None;
+                record.incarnation = self.id.incarnation;
+                record.nonce = self.nonce();
+                record.ttl_ms = ms(self.cfg.lease_ttl);
+                record.margin_ms = ms(self.cfg.lease_margin);
+                alert(
+                    out,
+                    Severity::Warning,
+                    AlertKind::LocalHealth,
+                    format!(
+                        "{site} recovered; {} did not take the lease it released: taking it back (epoch {})",
+                        self.id.peer, rec.epoch
+                    ),
+                );
+                self.send(
+                    Purpose::Acquire(PromoteTrigger::Reclaim),
+                    record,
+                    cond,
+                    now,
+                    out,
+                );
+            }
+            return;
+        }
         let expired = now >= w.expires_at(self.cfg.lease_ttl, self.cfg.lease_margin);
         if !expired && !rec.open_to(&site) {
             return;
@@ -242,11 +281,7 @@ impl Policy {
                 out,
                 format!("local service is {}", self.local.health()),
             );
-        } else if self
-            .last_handover
-            .is_some_and(|t| now < t + self.cfg.cooldown)
-            || self.cooldown_until.is_some_and(|t| now < t)
-        {
+        } else if self.in_cooldown(now) {
             block(self, out, "cooldown after the previous handover".into());
         } else if !self.lag_ok(now) {
             block(self, out, self.lag_text(now));
@@ -263,7 +298,7 @@ impl Policy {
     }
 
     pub(super) fn watchdog(&mut self, now: Millis, out: &mut Vec<Action>) {
-        if self.paused || self.local.health() != Health::Unhealthy {
+        if self.paused || self.restarting || self.local.health() != Health::Unhealthy {
             return;
         }
         if self
@@ -276,7 +311,12 @@ impl Policy {
         if self.restarts_done < self.cfg.watchdog_restarts {
             self.restarts_done += 1;
             self.last_restart = Some(now);
-            out.push(Action::RestartLocal);
+            self.restarting = true;
+            let epoch = self.epoch().unwrap_or(self.max_epoch_seen);
+            out.push(Action::RestartLocal {
+                role: self.role(now),
+                epoch,
+            });
             alert(
                 out,
                 Severity::Warning,
@@ -286,34 +326,120 @@ impl Policy {
                     self.restarts_done, self.cfg.watchdog_restarts
                 ),
             );
-        } else if self.grant.is_some()
-            && self.cfg.mode == FailoverMode::Automatic
-            && self.peer.is_healthy()
+            return;
+        }
+        let Some(epoch) = self.epoch() else { return };
+        match self.release_withheld(now) {
+            None => {
+                alert(
+                    out,
+                    Severity::Critical,
+                    AlertKind::Fenced,
+                    format!(
+                        "{site} did not recover: releasing the lease to {}",
+                        self.id.peer
+                    ),
+                );
+                self.watchdog_released = Some(epoch);
+                self.release(FenceReason::LocalFailure, None, None, now, out);
+            }
+            Some(why) => {
+                let peer = self.id.peer.clone();
+                self.alert_once(
+                    out,
+                    AlertKind::ReleaseWithheld,
+                    None,
+                    Severity::Critical,
+                    format!(
+                        "{site} did not recover; it keeps the lease because {why} (it releases \
+                         the lease once that changes; `warmspare switchover --to {peer} --force` \
+                         hands it over now)"
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Why a holder whose service did not recover must not release the
+    /// lease now: a release the peer would refuse leaves no site active.
+    /// `None` when the peer would take it: mode `automatic`, the peer
+    /// healthy, no cooldown, and a report of the peer's data loss within
+    /// `max_data_loss` no older than `watchdog_grace`, with no newer
+    /// report that it would not take over.
+    pub(super) fn release_withheld(&self, now: Millis) -> Option<String> {
+        let peer = &self.id.peer;
+        if self.cfg.mode != FailoverMode::Automatic {
+            return Some(format!("the mode is {}", self.cfg.mode));
+        }
+        if !self.peer.is_healthy() {
+            return Some(format!("{peer} is {}", self.peer.health()));
+        }
+        // The peer's cooldown began at the last change of holder (its own
+        // releases aside); a stamp in the record extends it the same way
+        // at both sites.
+        if self
+            .last_change
+            .is_some_and(|t| now < t + self.cfg.cooldown)
+            || self.cooldown_until.is_some_and(|t| now < t)
         {
+            return Some(format!(
+                "{peer} would refuse it: the cooldown after the previous handover runs"
+            ));
+        }
+        let fresh = |at: Millis| now.saturating_since(at) <= self.cfg.watchdog_grace;
+        let refused = self.peer_refused.filter(|&t| fresh(t));
+        let report = self.peer_lag.filter(|&(_, at)| fresh(at));
+        match (refused, report) {
+            (Some(r), Some((_, at))) if r >= at => {
+                Some(format!("{peer} reports that it would not take over"))
+            }
+            (Some(_), None) => Some(format!("{peer} reports that it would not take over")),
+            (_, None) => Some(format!("{peer}'s data loss is not known")),
+            (_, Some((lag, at))) => {
+                let bound = self.bound(lag, at, now);
+                (bound > self.cfg.max_data_loss).then(|| {
+                    format!(
+                        "{peer} may be {} behind, beyond max_data_loss {}",
+                        humantime::format_duration(Duration::from_millis(ms(bound))),
+                        humantime::format_duration(self.cfg.max_data_loss)
+                    )
+                })
+            }
+        }
+    }
+
+    /// The answer to [`Action::RestartLocal`]: the grace starts now, and a
+    /// fenced site enforces its fence again (one issued while the service
+    /// restarted may not have reached it).
+    pub(super) fn on_restarted(&mut self, ok: bool, now: Millis, out: &mut Vec<Action>) {
+        if !self.restarting {
+            return;
+        }
+        self.restarting = false;
+        self.last_restart = Some(now);
+        if !ok {
             alert(
                 out,
-                Severity::Critical,
-                AlertKind::Fenced,
-                format!(
-                    "{site} did not recover: releasing the lease to {}",
-                    self.id.peer
-                ),
-            );
-            self.release(FenceReason::LocalFailure, None, None, now, out);
-        } else if self.grant.is_some() {
-            self.alert_once(
-                out,
-                AlertKind::LocalHealth,
-                None,
-                Severity::Critical,
-                format!(
-                    "{site} did not recover; it keeps the lease ({} is {}, mode {})",
-                    self.id.peer,
-                    self.peer.health(),
-                    self.cfg.mode
-                ),
+                Severity::Warning,
+                AlertKind::LocalRestart,
+                format!("{}: the restart of the local service failed", self.id.site),
             );
         }
+        if self.fenced {
+            // As `fence`: an open issued before this counts for nothing.
+            self.fence_mark = self.opens_issued;
+            out.push(Action::Fence {
+                reason: FenceReason::Restarted,
+            });
+        }
+    }
+
+    /// Whether the cooldown after a handover this process performed or
+    /// observed (or learnt from a takeover stamp) still runs.
+    pub(super) fn in_cooldown(&self, now: Millis) -> bool {
+        self.last_handover
+            .is_some_and(|t| now < t + self.cfg.cooldown)
+            || self.cooldown_until.is_some_and(|t| now < t)
     }
 
     // ----- helpers --------------------------------------------------------
@@ -463,10 +589,18 @@ impl Policy {
     /// measured (local elapsed / (1 - drift)). Unknown counts as too much.
     pub(super) fn lag_bound(&self, now: Millis) -> Option<Duration> {
         let (lag, at) = self.lag?;
+        Some(self.bound(lag, at, now))
+    }
+
+    /// `lag` measured at `at`, plus the true time that may have passed
+    /// since.
+    fn bound(&self, lag: Duration, at: Millis, now: Millis) -> Duration {
         let elapsed = u128::from(ms(now.saturating_since(at)));
         let slowest = 1_000_000 - u128::from(self.cfg.max_clock_drift_ppm.min(999_999));
         let scaled = (elapsed * 1_000_000).div_ceil(slowest);
-        Some(lag + Duration::from_millis(u64::try_from(scaled).unwrap_or(u64::MAX)))
+        lag.saturating_add(Duration::from_millis(
+            u64::try_from(scaled).unwrap_or(u64::MAX),
+        ))
     }
 
     pub(super) fn lag_ok(&self, now: Millis) -> bool {

@@ -72,6 +72,30 @@ pub enum Event {
         /// How far the local database has replayed.
         replay: Replay,
     },
+    /// How far the peer's copy is behind, as seen from here: what the
+    /// peer's own `max_data_loss` guard would judge if the lease were
+    /// released to it now. Sources: the replay lag of the peer's standby
+    /// database measured by this site's peer probes, or the lag the peer's
+    /// agent reports in its `/status`. `lag: None` says the peer reports
+    /// that it would *not* take over now (its agent is paused, is not a
+    /// healthy standby, does not answer, or knows no lag).
+    ///
+    /// Only the watchdog uses it: a holder whose service cannot be
+    /// recovered releases the lease only to a peer whose recent reports
+    /// say it would take it (see `docs/failover-safety.md`, "The
+    /// watchdog"). The lease rules never do.
+    PeerLag {
+        /// The peer's lag, or `None`: it would not take over.
+        lag: Option<Duration>,
+        /// When it was measured, on this site's clock.
+        measured_at: Millis,
+    },
+    /// The answer to [`Action::RestartLocal`]: the restart (the
+    /// `on_restart` hooks) finished. The watchdog's grace counts from here.
+    RestartResult {
+        /// Whether every restart command succeeded.
+        ok: bool,
+    },
     /// The wall-clock time at `now`, in milliseconds since the Unix epoch.
     /// Drivers send it at start and now and then. It only stamps takeovers
     /// into the lease record and judges the cooldown after a restart; the
@@ -158,6 +182,10 @@ pub enum FenceReason {
     Switchover,
     /// The holder stepped down ([`Command::Release`]).
     StepDown,
+    /// The local service was restarted while the site was fenced: the
+    /// fence is enforced again, in case the one before could not reach
+    /// the database while it restarted.
+    Restarted,
 }
 
 /// Why a site promotes itself.
@@ -180,7 +208,10 @@ pub enum PromoteTrigger {
     /// A restarted agent re-took the lease its previous incarnation held;
     /// the epoch is unchanged and the database usually primary already
     /// (when the record still names a `final_lsn`, the previous incarnation
-    /// had not finished a switchover's wait: the wait starts again).
+    /// had not finished a switchover's wait: the wait starts again). Also:
+    /// a site whose watchdog released the lease, and whose service has
+    /// recovered since, takes back that released lease when nobody else
+    /// took it (nothing was written anywhere else meanwhile).
     Reclaim,
 }
 
@@ -243,8 +274,13 @@ pub enum AlertKind {
     CommandRefused,
     /// An operator command was accepted.
     CommandAccepted,
-    /// The local service failed; the watchdog restarts it.
+    /// The local service failed; the watchdog restarts it (or the restart
+    /// failed).
     LocalRestart,
+    /// The local service did not recover after the watchdog's restarts,
+    /// and the holder keeps the lease because the peer would not (or may
+    /// not) take it: mode, peer health, cooldown, or the peer's data loss.
+    ReleaseWithheld,
     /// The peer's health changed.
     PeerHealth,
     /// The local service's health changed.
@@ -334,8 +370,17 @@ pub enum Action {
     /// Read how far the local database has replayed; answer with
     /// [`Event::ReplayPosition`].
     ReadReplayPosition,
-    /// The watchdog asks for the local service to be restarted.
-    RestartLocal,
+    /// The watchdog asks for the local service to be restarted (the
+    /// `on_restart` hooks); answer with [`Event::RestartResult`]. Drivers
+    /// run it beside the ordered database actions, not among them, so that
+    /// a slow restart cannot delay a fence.
+    RestartLocal {
+        /// The site's role when the restart was decided, for the hooks'
+        /// environment.
+        role: Role,
+        /// The epoch of the lease held, or the newest seen.
+        epoch: u64,
+    },
     /// Tell a human.
     Alert {
         /// How urgent.

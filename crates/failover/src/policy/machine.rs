@@ -77,9 +77,22 @@ pub struct Policy {
     pub(super) read_failures: u32,
     pub(super) lag: Option<(Duration, Millis)>,
     pub(super) last_handover: Option<Millis>,
+    /// The latest change of holder this site made or saw (not its own
+    /// releases): when the peer's cooldown began, as far as it knows.
+    pub(super) last_change: Option<Millis>,
     pub(super) operator_failover: Option<bool>,
     pub(super) restarts_done: u32,
+    /// When the latest restart ended (or began, while it runs).
     pub(super) last_restart: Option<Millis>,
+    /// A [`Action::RestartLocal`] has not been answered yet.
+    pub(super) restarting: bool,
+    /// The latest report that the peer would take over, with its lag.
+    pub(super) peer_lag: Option<(Duration, Millis)>,
+    /// The latest report that the peer would not take over.
+    pub(super) peer_refused: Option<Millis>,
+    /// The epoch whose lease this site's watchdog released: taken back
+    /// once the service has recovered, if nobody took it meanwhile.
+    pub(super) watchdog_released: Option<u64>,
     /// The last "blocked"/"waiting" alert, to raise it once per version.
     pub(super) last_alert: Option<(AlertKind, Option<Version>)>,
     /// How far the promotion for the lease this site holds has come.
@@ -132,9 +145,14 @@ impl Policy {
             read_failures: 0,
             lag: None,
             last_handover: None,
+            last_change: None,
             operator_failover: None,
             restarts_done: 0,
             last_restart: None,
+            restarting: false,
+            peer_lag: None,
+            peer_refused: None,
+            watchdog_released: None,
             last_alert: None,
             promotion: None,
             handover: None,
@@ -191,6 +209,15 @@ impl Policy {
             Event::FinalLsn { lsn } => self.on_final_lsn(lsn, now, &mut out),
             Event::ReplayPosition { replay } => self.on_replay(replay, now, &mut out),
             Event::WallClock { unix_ms } => self.wall = Some((unix_ms, now)),
+            Event::PeerLag {
+                lag: Some(lag),
+                measured_at,
+            } => self.peer_lag = Some((lag, measured_at)),
+            Event::PeerLag {
+                lag: None,
+                measured_at,
+            } => self.peer_refused = self.peer_refused.max(Some(measured_at)),
+            Event::RestartResult { ok } => self.on_restarted(ok, now, &mut out),
         }
         self.poll(now, &mut out);
         out
@@ -321,7 +348,7 @@ impl Policy {
         for p in self.pending.iter().filter(|p| !p.answered) {
             consider(p.t_send + self.cfg.request_timeout);
         }
-        if let Some(t) = self.last_restart {
+        if let (Some(t), false) = (self.last_restart, self.restarting) {
             consider(t + self.cfg.watchdog_grace);
         }
         for t in self.promotion_wakeups() {
@@ -353,6 +380,14 @@ impl Policy {
         if target == Target::Local && health == Health::Healthy {
             self.restarts_done = 0;
             self.last_restart = None;
+            // A later failure alerts again.
+            if self
+                .last_alert
+                .as_ref()
+                .is_some_and(|(k, _)| *k == AlertKind::ReleaseWithheld)
+            {
+                self.last_alert = None;
+            }
         }
     }
 
@@ -570,6 +605,7 @@ impl Policy {
         if record.epoch > self.max_epoch_seen {
             if self.max_epoch_seen > 0 {
                 self.last_handover = Some(now);
+                self.last_change = Some(now);
             }
             self.max_epoch_seen = record.epoch;
         }
@@ -625,6 +661,8 @@ impl Policy {
         let safe_until = holder_safe_until(p.t_send, self.cfg.lease_ttl, self.cfg.lease_margin);
         let superseded = p.record.epoch < self.max_epoch_seen;
         self.max_epoch_seen = self.max_epoch_seen.max(p.record.epoch);
+        // The object exists now, whatever an earlier read said.
+        self.lease_absent = false;
         match p.purpose {
             Purpose::Acquire(_) if superseded => {
                 // A newer epoch was seen since: this write has been overtaken.
@@ -647,8 +685,12 @@ impl Policy {
                 self.watch = None;
                 self.operator_failover = None;
                 self.last_alert = None;
-                if trigger != PromoteTrigger::Reclaim {
+                self.watchdog_released = None;
+                // Creating the lease or taking back one's own is no
+                // handover: no cooldown.
+                if !matches!(trigger, PromoteTrigger::Reclaim | PromoteTrigger::Initial) {
                     self.last_handover = Some(now);
+                    self.last_change = Some(now);
                 }
                 self.begin_promotion(epoch, trigger, final_lsn, now, out);
             }

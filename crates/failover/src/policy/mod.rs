@@ -130,7 +130,8 @@ pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// The default [`PolicyConfig::switchover_timeout`]: time enough for a
+/// The default `[failover] switchover_timeout`
+/// ([`PolicyConfig::switchover_timeout`]): time enough for a
 /// repository-fed standby to fetch the last, switched WAL segment (the
 /// archiver pushes it, `restore_command` polls every
 /// `wal_retrieve_retry_interval`, 5 s by default) and replay it.
@@ -207,7 +208,11 @@ pub struct PolicyConfig {
     /// Restart attempts (`RestartLocal`) on local failure before a holder
     /// releases the lease.
     pub watchdog_restarts: u32,
-    /// How long a restarted local service has to become healthy again.
+    /// How long a restarted local service has to become healthy again,
+    /// counted from the end of the restart ([`Event::RestartResult`]).
+    /// Also how recent a report of the peer's data loss
+    /// ([`Event::PeerLag`]) must be for the watchdog to release the lease
+    /// to it.
     pub watchdog_grace: Duration,
     /// Bound on the rate difference between any site's monotonic clock and
     /// true time, in parts per million (10 000 = 1 %).
@@ -235,7 +240,8 @@ impl PolicyConfig {
     /// `ttl - margin - renew_interval` (2.5 s for a 6 s lease: a renewal
     /// stalled that long still lands before the holder's deadline), one
     /// watchdog restart with a grace of five probe intervals, clock drift
-    /// bound 1 %, a switchover timeout of [`SWITCHOVER_TIMEOUT`].
+    /// bound 1 %; the switchover timeout is the section's
+    /// `switchover_timeout` ([`SWITCHOVER_TIMEOUT`] by default).
     pub fn from_failover(c: &FailoverConfig) -> Self {
         let ttl = c.lease_ttl;
         PolicyConfig {
@@ -252,7 +258,7 @@ impl PolicyConfig {
             watchdog_restarts: 1,
             watchdog_grace: c.interval * 5,
             max_clock_drift_ppm: 10_000,
-            switchover_timeout: SWITCHOVER_TIMEOUT,
+            switchover_timeout: c.switchover_timeout,
         }
     }
 

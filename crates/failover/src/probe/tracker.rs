@@ -2,7 +2,9 @@
 //! failover driver: one [`Event::Probe`] per round for the target (healthy
 //! when every probe of the round succeeded; the policy's
 //! [`HealthTracker`](crate::policy::HealthTracker) applies the thresholds),
-//! plus an [`Event::ReplicationLag`] when a standby database reported one.
+//! plus, when a standby database reported a replay lag, an
+//! [`Event::ReplicationLag`] (local) or an [`Event::PeerLag`] (peer: what
+//! the watchdog checks before it releases the lease to the peer).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,12 +66,15 @@ impl ProbeRunner {
             {
                 return;
             }
-            if self.target == Target::Local
-                && let Some(lag) = round.iter().filter_map(|r| r.lag).max()
-            {
-                let _ = driver
-                    .send_event(Event::ReplicationLag { lag, measured_at })
-                    .await;
+            if let Some(lag) = round.iter().filter_map(|r| r.lag).max() {
+                let event = match self.target {
+                    Target::Local => Event::ReplicationLag { lag, measured_at },
+                    Target::Peer => Event::PeerLag {
+                        lag: Some(lag),
+                        measured_at,
+                    },
+                };
+                let _ = driver.send_event(event).await;
             }
             results.send_replace(round);
         }

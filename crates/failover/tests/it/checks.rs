@@ -71,6 +71,21 @@ impl World {
         }
     }
 
+    /// Site `s`'s watchdog releases the lease (it fences for it now): only
+    /// to a peer whose copy is within `max_data_loss`, which the peer's
+    /// own guard then accepts.
+    pub(crate) fn watchdog_release(&mut self, s: usize) {
+        let o = 1 - s;
+        let age = self.now - self.sites[o].last_refresh;
+        let max = self.p.cfg[s].max_data_loss.as_millis() as u64;
+        if age > max {
+            self.violation(format!(
+                "{} released the lease to {} whose data is {age}ms old > max_data_loss {max}ms",
+                NAMES[s], NAMES[o]
+            ));
+        }
+    }
+
     pub(crate) fn violation(&mut self, what: String) {
         self.log(format!("VIOLATION {what}"));
         if self.violations.len() < 20 {

@@ -20,7 +20,7 @@ use warmspare_testkit::{Fault, FaultStore, Op, PostgresCluster, S3Server, postgr
 use crate::support::{RecordingCas, Running, fast_policy, overlap_monitor, start_driver, wait_for};
 
 /// A lease store on a fresh bucket, opened with the lease's bounded retries.
-async fn lease_store(policy: &PolicyConfig) -> Option<Store> {
+pub(crate) async fn lease_store(policy: &PolicyConfig) -> Option<Store> {
     let s3 = S3Server::try_shared().await.expect("s3")?;
     let bucket = s3.unique_bucket("lease").await.expect("bucket");
     let config = StoreConfig::new(format!("s3://{bucket}"))
@@ -60,6 +60,7 @@ pub(crate) fn site_actions(site: &str, cluster: &PostgresCluster) -> Arc<SiteAct
             site: site.into(),
             on_promote: Vec::new(),
             on_fence: Vec::new(),
+            on_restart: Vec::new(),
             timeout: Duration::from_secs(5),
         },
     })
@@ -85,7 +86,7 @@ pub(crate) fn probes(
 }
 
 /// Whether a write to `cluster` is accepted now.
-async fn write_ok(cluster: &PostgresCluster) -> bool {
+pub(crate) async fn write_ok(cluster: &PostgresCluster) -> bool {
     cluster
         .psql("CREATE TABLE IF NOT EXISTS app (x int); INSERT INTO app VALUES (1)")
         .await
@@ -95,7 +96,7 @@ async fn write_ok(cluster: &PostgresCluster) -> bool {
 /// Waits for the traffic gate of `handle` to open. The database turns
 /// writable a moment *before* the gate opens (the gate waits for the
 /// promotion to return), never after.
-async fn active(handle: &DriverHandle) -> bool {
+pub(crate) async fn active(handle: &DriverHandle) -> bool {
     wait_for(Duration::from_secs(5), async || handle.may_accept_traffic()).await
 }
 
@@ -106,12 +107,12 @@ async fn read_only(cluster: &PostgresCluster) -> bool {
         .is_ok_and(|v| v.trim() == "on")
 }
 
-struct Pair {
-    primary_pg: PostgresCluster,
-    spare_pg: PostgresCluster,
-    primary: Running,
-    spare: Running,
-    probes: Vec<tokio::task::JoinHandle<()>>,
+pub(crate) struct Pair {
+    pub(crate) primary_pg: PostgresCluster,
+    pub(crate) spare_pg: PostgresCluster,
+    pub(crate) primary: Running,
+    pub(crate) spare: Running,
+    pub(crate) probes: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// A primary holding the lease and accepting writes, and a streaming
@@ -149,13 +150,36 @@ async fn pair_of(
     primary_cas: Arc<dyn CompareAndSwap>,
     spare_cas: Arc<dyn CompareAndSwap>,
 ) -> Pair {
+    let primary_actions = site_actions("primary", &primary_pg);
+    pair_with(
+        policy,
+        spare_policy,
+        primary_pg,
+        spare_pg,
+        primary_cas,
+        spare_cas,
+        primary_actions,
+    )
+    .await
+}
+
+/// [`pair_of`] with the primary's actions given (its hooks).
+pub(crate) async fn pair_with(
+    policy: &PolicyConfig,
+    spare_policy: &PolicyConfig,
+    primary_pg: PostgresCluster,
+    spare_pg: PostgresCluster,
+    primary_cas: Arc<dyn CompareAndSwap>,
+    spare_cas: Arc<dyn CompareAndSwap>,
+    primary_actions: Arc<SiteActions>,
+) -> Pair {
     let primary = start_driver(
         policy.clone(),
         "primary",
         "spare",
         true,
         primary_cas,
-        site_actions("primary", &primary_pg),
+        primary_actions,
     );
     let spare = start_driver(
         spare_policy.clone(),
@@ -474,7 +498,7 @@ async fn planned_switchover_hands_over_with_the_committed_rows() {
 
 /// Peer probes of `spare_pg` feeding the primary's driver: a holder hands
 /// over only to a peer it sees healthy.
-fn peer_probes(p: &Pair, policy: &PolicyConfig) -> tokio::task::JoinHandle<()> {
+pub(crate) fn peer_probes(p: &Pair, policy: &PolicyConfig) -> tokio::task::JoinHandle<()> {
     let peer = ProbeRunner {
         target: Target::Peer,
         probes: vec![Probe::Postgres {

@@ -14,7 +14,10 @@
 //! * `probes`: HTTP, TCP, command and PostgreSQL probes;
 //! * `repository_cut`: the primary partitioned from the S3 repository by a
 //!   real TCP proxy (blackhole and reset) fences itself before the spare is
-//!   promoted.
+//!   promoted;
+//! * `watchdog`: the primary's database killed under a live driver: the
+//!   `on_restart` hook runs before any handover; recovered, nothing moves;
+//!   not recovered, the lease is released to the spare.
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,4 +31,5 @@ mod scenarios;
 mod sim;
 mod support;
 mod timing;
+mod watchdog;
 mod world;

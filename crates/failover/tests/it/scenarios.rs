@@ -476,6 +476,98 @@ fn unrecoverable_primary_releases_the_lease_early() {
     assert!(w.violations.is_empty(), "{}", w.summary());
 }
 
+/// The watchdog does not release the lease to a spare whose data loss
+/// would exceed `max_data_loss` (the spare would refuse it and no site
+/// would be active): the primary keeps it and says why, and releases it as
+/// soon as the spare has caught up.
+#[test]
+fn watchdog_keeps_the_lease_while_the_spare_is_beyond_its_guard() {
+    let cfg = PolicyConfig {
+        max_data_loss: Duration::from_secs(10),
+        ..PolicyConfig::default()
+    };
+    let mut p = Params::calm(cfg);
+    p.refresh_gap = (1_000_000, 1_000_000); // the spare's copy stays at t = 0
+    let mut w = World::new(p);
+    w.run_until(10_000);
+    w.sick(20_000, 1_000_000, PRIMARY, false);
+    w.run_until(60_000);
+    assert_eq!(w.restarts[PRIMARY], 1);
+    assert!(
+        w.alerted(PRIMARY, AlertKind::ReleaseWithheld),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(w.lease().map(|r| (r.epoch, r.released)), Some((1, false)));
+    assert!(w.releases.is_empty() && w.first_start(SPARE, 0).is_none());
+    // The spare catches up: the primary releases and the spare takes over.
+    w.refresh_at(60_000, SPARE);
+    assert!(
+        w.run_until_cond(70_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(last_promotion(&w), (SPARE, 2, PromoteTrigger::Automatic));
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// Nor to a paused spare: its report says it would not take over.
+#[test]
+fn watchdog_does_not_release_to_a_paused_spare() {
+    let mut w = settled(PolicyConfig::default());
+    w.command_at(10_000, SPARE, Command::Pause);
+    w.sick(12_000, 1_000_000, PRIMARY, false);
+    w.run_until(40_000);
+    assert!(
+        w.alerted(PRIMARY, AlertKind::ReleaseWithheld),
+        "{}",
+        w.summary()
+    );
+    assert!(w.releases.is_empty(), "{}", w.summary());
+    w.command_at(40_000, SPARE, Command::Resume);
+    assert!(
+        w.run_until_cond(50_000, |w| w.accepting(SPARE)),
+        "{}",
+        w.summary()
+    );
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
+/// Should the spare refuse a released lease after all (here: its guard is
+/// stricter than the primary's), nobody is active while the primary's
+/// service is down; the primary takes its lease back, at the same epoch,
+/// as soon as its service has recovered.
+#[test]
+fn a_released_lease_nobody_takes_is_taken_back_once_the_service_recovers() {
+    let strict = PolicyConfig {
+        max_data_loss: Duration::from_secs(10),
+        ..PolicyConfig::default()
+    };
+    let mut p = Params::calm(PolicyConfig::default());
+    p.cfg[SPARE] = strict;
+    p.refresh_gap = (1_000_000, 1_000_000);
+    let mut w = World::new(p);
+    w.run_until(10_000);
+    w.sick(20_000, 50_000, PRIMARY, false);
+    w.run_until(50_000);
+    assert!(
+        w.alerted(SPARE, AlertKind::FailoverBlocked),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(w.lease().map(|r| (r.epoch, r.released)), Some((1, true)));
+    assert!(!w.accepting(PRIMARY) && !w.accepting(SPARE));
+    assert!(
+        w.run_until_cond(60_000, |w| w.accepting(PRIMARY)),
+        "{}",
+        w.summary()
+    );
+    assert_eq!(last_promotion(&w), (PRIMARY, 1, PromoteTrigger::Reclaim));
+    assert_eq!(w.lease().map(|r| (r.epoch, r.released)), Some((1, false)));
+    assert!(w.first_start(SPARE, 0).is_none());
+    assert!(w.violations.is_empty(), "{}", w.summary());
+}
+
 #[test]
 fn restarted_agent_reclaims_its_own_lease() {
     let mut w = settled(PolicyConfig::default());

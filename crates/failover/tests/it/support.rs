@@ -8,7 +8,7 @@ use warmspare_failover::actions::Actions;
 use warmspare_failover::driver::{BootClock, Clock, Driver, DriverConfig, DriverHandle};
 use warmspare_failover::policy::LeaseRecord;
 use warmspare_failover::policy::{
-    AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Replay, Severity,
+    AlertKind, FenceReason, HookKind, Lsn, PromoteTrigger, Replay, Role, Severity,
 };
 use warmspare_failover::{FailoverConfig, policy::PolicyConfig};
 use warmspare_store::object_store::path::Path;
@@ -33,6 +33,7 @@ pub(crate) enum Seen {
     Promoted(u64),
     FinalLsn,
     Hook(HookKind, u64),
+    Restart(Role, u64),
     Alert(AlertKind),
 }
 
@@ -100,6 +101,10 @@ impl Actions for Recorder {
     }
     async fn run_hook(&self, kind: HookKind, epoch: u64) -> warmspare_failover::Result<()> {
         self.push(Seen::Hook(kind, epoch));
+        Ok(())
+    }
+    async fn restart_local(&self, role: Role, epoch: u64) -> warmspare_failover::Result<()> {
+        self.push(Seen::Restart(role, epoch));
         Ok(())
     }
     async fn alert(&self, _: Severity, kind: AlertKind, _: &str) {

@@ -21,7 +21,7 @@ use std::collections::BinaryHeap;
 
 use crate::clock::{Clock, Rng};
 use warmspare_failover::policy::{
-    Action, AlertKind, Command, Event, LeaseRecord, Lsn, Millis, Policy, PolicyConfig,
+    Action, AlertKind, Command, Event, FenceReason, LeaseRecord, Lsn, Millis, Policy, PolicyConfig,
     PromoteTrigger, Replay, RequestId, SiteIdentity, Target, Version, WriteCondition, WriteOutcome,
 };
 
@@ -105,7 +105,12 @@ enum Ev {
     Tick(usize, u64),
     Wake(usize, u64, u64),
     Probe(usize, u64),
-    PeerProbe(usize, u64, bool),
+    /// A probe of the peer: its result, and (when it answered) the peer's
+    /// report as its agent's `/status` gives it: its data age, or `None`
+    /// when it would not take over (paused), measured at a local time.
+    PeerProbe(usize, u64, bool, Option<(Option<u64>, Millis)>),
+    /// The watchdog's restart of the site's service finished.
+    RestartDone(usize, u64),
     Arrive {
         seq: usize,
         site: usize,
@@ -359,6 +364,10 @@ impl World {
     pub(crate) fn command_at(&mut self, at: u64, site: usize, command: Command) {
         self.schedule(at, Ev::Command(site, command));
     }
+    /// An extra refresh of `site`'s copy (it catches up) at `at`.
+    pub(crate) fn refresh_at(&mut self, at: u64, site: usize) {
+        self.schedule(at, Ev::Refresh(site));
+    }
 
     // ----- queries ---------------------------------------------------------
 
@@ -504,10 +513,15 @@ impl World {
                 } else {
                     2000
                 };
-                self.schedule(self.now + after, Ev::PeerProbe(s, inc, peer_ok));
+                let report = peer_ok.then(|| {
+                    let paused = self.sites[o].policy.as_ref().is_some_and(|p| p.is_paused());
+                    let age = self.now - self.sites[o].last_refresh;
+                    ((!paused).then_some(age), measured_at)
+                });
+                self.schedule(self.now + after, Ev::PeerProbe(s, inc, peer_ok, report));
                 self.schedule(self.now + self.p.probe_interval, Ev::Probe(s, inc));
             }
-            Ev::PeerProbe(s, inc, ok) if self.alive(s, inc) => {
+            Ev::PeerProbe(s, inc, ok, report) if self.alive(s, inc) => {
                 self.deliver(
                     s,
                     Event::Probe {
@@ -515,12 +529,29 @@ impl World {
                         ok,
                     },
                 );
+                if let Some((age, measured_at)) = report {
+                    self.deliver(
+                        s,
+                        Event::PeerLag {
+                            lag: age.map(ms),
+                            measured_at,
+                        },
+                    );
+                }
+            }
+            Ev::RestartDone(s, inc) if self.alive(s, inc) => {
+                self.sites[s].sick.retain(|&(_, cured)| !cured);
+                self.deliver(s, Event::RestartResult { ok: true });
             }
             Ev::Wake(s, inc, at) if self.alive(s, inc) && self.sites[s].wake_at == Some(at) => {
                 self.sites[s].wake_at = None;
                 self.deliver(s, Event::Tick);
             }
-            Ev::Tick(..) | Ev::Probe(..) | Ev::PeerProbe(..) | Ev::Wake(..) => {}
+            Ev::Tick(..)
+            | Ev::Probe(..)
+            | Ev::PeerProbe(..)
+            | Ev::Wake(..)
+            | Ev::RestartDone(..) => {}
             Ev::Arrive {
                 seq,
                 site,
@@ -711,7 +742,12 @@ impl World {
                     self.promoted(s, epoch, trigger);
                     self.db(s, DbOp::Promote(epoch));
                 }
-                Action::Fence { .. } => self.db(s, DbOp::Fence),
+                Action::Fence { reason } => {
+                    if reason == FenceReason::LocalFailure {
+                        self.watchdog_release(s);
+                    }
+                    self.db(s, DbOp::Fence)
+                }
                 Action::Unfence { epoch } => self.db(s, DbOp::Unfence(epoch)),
                 Action::CaptureFinalLsn => self.db(s, DbOp::FinalLsn),
                 Action::ReadReplayPosition => {
@@ -719,9 +755,13 @@ impl World {
                     let inc = self.sites[s].inc;
                     self.schedule(at, Ev::DbDone(s, inc, DbOp::Replay));
                 }
-                Action::RestartLocal => {
+                Action::RestartLocal { .. } => {
+                    // A restart takes a while; it cures what a restart
+                    // cures when it ends.
                     self.restarts[s] += 1;
-                    self.sites[s].sick.retain(|&(_, cured)| !cured);
+                    let at = self.now + self.rng.range(100, 2_000);
+                    let inc = self.sites[s].inc;
+                    self.schedule(at, Ev::RestartDone(s, inc));
                 }
                 _ => {}
             }

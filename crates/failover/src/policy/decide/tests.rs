@@ -400,3 +400,239 @@ proptest! {
         }
     }
 }
+
+/// A primary whose every lease write lands at once.
+struct Holder {
+    p: Policy,
+    version: u64,
+}
+
+impl Holder {
+    /// Created the lease at 100 and promoted; peer healthy.
+    fn new() -> Self {
+        let mut h = Holder {
+            p: policy(true),
+            version: 0,
+        };
+        h.p.start(Millis(0));
+        healthy(&mut h.p, 0);
+        h.step(Event::LeaseObserved { lease: None }, 100);
+        h.step(Event::PromoteResult { epoch: 1, ok: true }, 200);
+        assert!(h.p.may_accept_traffic(Millis(200)));
+        h
+    }
+
+    /// One event at `t`; every write it causes is answered "written".
+    fn step(&mut self, event: Event, t: u64) -> Vec<Action> {
+        let mut out = self.p.step(event, Millis(t));
+        let mut all = out.clone();
+        while !writes(&out).is_empty() {
+            let ids: Vec<_> = writes(&out).into_iter().map(|(id, ..)| id).collect();
+            out.clear();
+            for request in ids {
+                self.version += 1;
+                let version = Version::new(format!("w{}", self.version));
+                out.extend(self.p.step(
+                    Event::LeaseWriteResult {
+                        request,
+                        outcome: WriteOutcome::Written { version },
+                    },
+                    Millis(t),
+                ));
+            }
+            all.extend(out.iter().cloned());
+        }
+        all
+    }
+
+    /// Ticks every 100 ms from `from` to `to` (inclusive), collecting.
+    fn run(&mut self, from: u64, to: u64) -> Vec<Action> {
+        (from..=to)
+            .step_by(100)
+            .flat_map(|t| self.step(Event::Tick, t))
+            .collect()
+    }
+
+    fn local(&mut self, ok: bool, t: u64) -> Vec<Action> {
+        self.step(
+            Event::Probe {
+                target: Target::Local,
+                ok,
+            },
+            t,
+        )
+    }
+}
+
+fn released(out: &[Action]) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::ReleaseLease { record, .. } if record.released))
+}
+
+fn alerted(out: &[Action], kind: AlertKind) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::Alert { kind: k, .. } if *k == kind))
+}
+
+/// The watchdog restarts first and waits for the restart to end; its grace
+/// counts from there. Then it releases the lease only on a recent report
+/// that the peer is within its data-loss guard; without one it keeps the
+/// lease and says why. Once released and not taken, the recovered site
+/// takes its lease back (same epoch, no guard: nobody wrote meanwhile).
+#[test]
+fn watchdog_restarts_then_releases_only_to_a_peer_within_its_guard() {
+    let mut h = Holder::new();
+    let mut out = Vec::new();
+    for t in [2_000, 2_001, 2_002] {
+        out.extend(h.local(false, t));
+    }
+    assert!(
+        out.contains(&Action::RestartLocal {
+            role: super::super::Role::Primary,
+            epoch: 1
+        }),
+        "{out:?}"
+    );
+    // The restart runs for 8 s: no second restart, no release meanwhile.
+    let out = h.run(2_100, 10_000);
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::RestartLocal { .. } | Action::Fence { .. })),
+        "{out:?}"
+    );
+    // It ends; an accepting site is not fenced again.
+    let out = h.step(Event::RestartResult { ok: true }, 10_000);
+    assert!(!out.iter().any(|a| matches!(a, Action::Fence { .. })));
+    // The grace (5 s) counts from the end of the restart.
+    assert!(h.p.next_wakeup(Millis(14_900)) <= Millis(15_000));
+    assert!(!alerted(&h.run(10_100, 14_900), AlertKind::ReleaseWithheld));
+    // No report of the peer's data loss: it keeps the lease.
+    let out = h.step(Event::Tick, 15_000);
+    assert!(alerted(&out, AlertKind::ReleaseWithheld), "{out:?}");
+    assert!(!released(&out) && h.p.may_accept_traffic(Millis(15_000)));
+    assert!(
+        h.p.release_withheld(Millis(15_000))
+            .is_some_and(|w| w.contains("not known"))
+    );
+
+    // The judgement of reports (set directly: a step would act on them).
+    let lag = |secs: u64, at: u64| Some((Duration::from_secs(secs), Millis(at)));
+    let mut q = h.p.clone();
+    q.peer_lag = lag(400, 15_050);
+    assert!(
+        q.release_withheld(Millis(15_100))
+            .is_some_and(|w| w.contains("beyond max_data_loss")),
+        "5m guard, 400 s behind"
+    );
+    q.peer_lag = lag(1, 15_050);
+    assert_eq!(q.release_withheld(Millis(15_100)), None);
+    assert!(
+        q.release_withheld(Millis(20_051))
+            .is_some_and(|w| w.contains("not known")),
+        "older than the grace: stale"
+    );
+    q.peer_refused = Some(Millis(15_080));
+    assert!(
+        q.release_withheld(Millis(15_100))
+            .is_some_and(|w| w.contains("would not take over"))
+    );
+    q.peer_lag = lag(1, 15_090);
+    assert_eq!(q.release_withheld(Millis(15_100)), None, "a newer report");
+    for _ in 0..3 {
+        q.peer.record(false);
+    }
+    assert!(
+        q.release_withheld(Millis(15_100))
+            .is_some_and(|w| w.contains("spare is unhealthy"))
+    );
+    let mut q = h.p.clone();
+    q.peer_lag = lag(1, 15_050);
+    q.cfg.mode = FailoverMode::Manual;
+    assert!(
+        q.release_withheld(Millis(15_100))
+            .is_some_and(|w| w.contains("mode is manual"))
+    );
+    let mut q = h.p.clone();
+    q.peer_lag = lag(1, 15_050);
+    q.last_change = Some(Millis(10_000)); // a takeover 5 s ago: cooldown 30m
+    assert!(
+        q.release_withheld(Millis(15_100))
+            .is_some_and(|w| w.contains("cooldown"))
+    );
+
+    let report = |lag: u64, at: u64| Event::PeerLag {
+        lag: Some(Duration::from_secs(lag)),
+        measured_at: Millis(at),
+    };
+    // A good report: fence first, then the release (no successor).
+    let out = h.step(report(1, 15_100), 15_100);
+    let fence = out
+        .iter()
+        .position(|a| {
+            *a == Action::Fence {
+                reason: FenceReason::LocalFailure,
+            }
+        })
+        .expect("fenced");
+    let release = out
+        .iter()
+        .position(|a| matches!(a, Action::ReleaseLease { record, .. } if record.released && record.successor.is_none()))
+        .expect("released");
+    assert!(fence < release, "{out:?}");
+    assert!(!h.p.may_accept_traffic(Millis(15_100)));
+
+    // Nobody takes it; the service recovers: the lease is taken back at
+    // the same epoch, without a lag measurement or a cooldown.
+    let out = h.run(15_200, 20_000);
+    assert!(writes(&out).is_empty(), "{out:?}");
+    h.local(true, 20_000);
+    let out = h.local(true, 20_001);
+    let taken = out
+        .iter()
+        .find_map(|a| match a {
+            Action::AcquireLease {
+                record, trigger, ..
+            } => Some((record.epoch, record.released, *trigger)),
+            _ => None,
+        })
+        .expect("taken back");
+    assert_eq!(taken, (1, false, PromoteTrigger::Reclaim));
+    assert!(out.contains(&Action::Promote {
+        epoch: 1,
+        trigger: PromoteTrigger::Reclaim
+    }));
+    h.step(Event::PromoteResult { epoch: 1, ok: true }, 20_100);
+    assert!(h.p.may_accept_traffic(Millis(20_100)));
+}
+
+/// A restart that ends while the site is fenced enforces the fence again.
+#[test]
+fn a_restart_ending_while_fenced_fences_again() {
+    let mut p = policy(false);
+    p.start(Millis(0));
+    let mut out = Vec::new();
+    for t in 0..3 {
+        out.extend(p.step(
+            Event::Probe {
+                target: Target::Local,
+                ok: false,
+            },
+            Millis(t),
+        ));
+    }
+    assert!(
+        out.contains(&Action::RestartLocal {
+            role: super::super::Role::Standby,
+            epoch: 0
+        }),
+        "{out:?}"
+    );
+    let out = p.step(Event::RestartResult { ok: false }, Millis(3_000));
+    assert!(out.contains(&Action::Fence {
+        reason: FenceReason::Restarted
+    }));
+    assert!(alerted(&out, AlertKind::LocalRestart));
+    // An answer nobody waits for changes nothing.
+    let out = p.step(Event::RestartResult { ok: true }, Millis(3_100));
+    assert!(!out.iter().any(|a| matches!(a, Action::Fence { .. })));
+}
