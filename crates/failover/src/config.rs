@@ -93,6 +93,10 @@ pub struct FailoverConfig {
     /// promotes without the data on its own).
     #[serde(with = "humantime_serde")]
     pub switchover_timeout: Duration,
+    /// Time limit of each hook command; a command still running then is
+    /// killed and counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub hook_timeout: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -110,6 +114,7 @@ impl Default for FailoverConfig {
             on_fence: Vec::new(),
             on_restart: Vec::new(),
             switchover_timeout: crate::policy::SWITCHOVER_TIMEOUT,
+            hook_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -155,6 +160,9 @@ impl FailoverConfig {
         }
         if self.switchover_timeout.is_zero() {
             return invalid("switchover_timeout", "must be greater than zero");
+        }
+        if self.hook_timeout.is_zero() {
+            return invalid("hook_timeout", "must be greater than zero");
         }
         for (key, hooks) in [
             ("on_promote", &self.on_promote),
@@ -211,6 +219,7 @@ mod tests {
         assert_eq!(c.max_data_loss, Duration::from_secs(300));
         assert_eq!(c.cooldown, Duration::from_secs(1800));
         assert_eq!(c.switchover_timeout, Duration::from_secs(60));
+        assert_eq!(c.hook_timeout, Duration::from_secs(30));
         assert!(c.on_restart.is_empty());
         c.validate().unwrap();
     }
@@ -232,6 +241,7 @@ mod tests {
             on_fence = ["systemctl stop hab-sup"]
             on_restart = ["systemctl restart postgresql"]
             switchover_timeout = "2m"
+            hook_timeout = "5m"
             "#,
         )
         .unwrap();
@@ -243,6 +253,12 @@ mod tests {
         assert_eq!(c.on_fence, ["systemctl stop hab-sup"]);
         assert_eq!(c.on_restart, ["systemctl restart postgresql"]);
         assert_eq!(c.switchover_timeout, Duration::from_secs(120));
+        assert_eq!(c.hook_timeout, Duration::from_secs(300));
+        assert_eq!(
+            crate::actions::Hooks::from_config("primary", &c).timeout,
+            Duration::from_secs(300),
+            "the hook runner takes its limit from the file"
+        );
         c.validate().unwrap();
     }
 
@@ -295,6 +311,11 @@ mod tests {
             ..FailoverConfig::default()
         };
         assert_eq!(c.validate().unwrap_err().key, "switchover_timeout");
+        let c = FailoverConfig {
+            hook_timeout: Duration::ZERO,
+            ..FailoverConfig::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "hook_timeout");
     }
 
     #[test]

@@ -53,14 +53,15 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// The hooks of `[failover]` for `site`, 30 s per command.
+    /// The hooks of `[failover]` for `site`, each command limited to
+    /// `hook_timeout`.
     pub fn from_config(site: impl Into<String>, config: &FailoverConfig) -> Self {
         Hooks {
             site: site.into(),
             on_promote: config.on_promote.clone(),
             on_fence: config.on_fence.clone(),
             on_restart: config.on_restart.clone(),
-            timeout: Duration::from_secs(30),
+            timeout: config.hook_timeout,
         }
     }
 
