@@ -193,7 +193,17 @@ async fn an_unrecovered_primary_restarts_then_releases_the_lease_to_the_spare() 
         p.spare.handle.state(),
         p.primary.handle.state()
     );
-    assert!(p.spare.handle.may_accept_traffic());
+    // The database takes writes as soon as it is promoted; the driver
+    // admits traffic once the promotion's result reached it.
+    assert!(
+        wait_for(Duration::from_secs(10), async || p
+            .spare
+            .handle
+            .may_accept_traffic())
+        .await,
+        "the spare never admitted traffic: {:?}",
+        p.spare.handle.state()
+    );
     assert_eq!(p.spare.handle.current_epoch(), Some(2));
     let release = s
         .primary_cas
