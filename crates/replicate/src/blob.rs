@@ -40,7 +40,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use warmspare_store::crypto::{
     DecryptReader, EncryptReader, HEADER_LEN, decrypt_failure, header_key_id,
 };
-use warmspare_store::{Encryption, EncryptionKey, Repository};
+use warmspare_store::{Encryption, EncryptionKey, ReadStage, Repository};
 
 use crate::error::{Error, Result, Side};
 use crate::transfer::{Mover, open_body};
@@ -472,33 +472,8 @@ pub(crate) struct Restored {
     pub(crate) e_tag: Option<String>,
 }
 
-/// The decoding stage of [`restore`].
-enum Decoded {
-    Plain(Box<ChunkReader>),
-    Sealed(Box<DecryptReader<ChunkReader>>),
-}
-
-impl Decoded {
-    fn into_chunks(self) -> ChunkReader {
-        match self {
-            Self::Plain(r) => *r,
-            Self::Sealed(d) => d.into_inner(),
-        }
-    }
-}
-
-impl AsyncRead for Decoded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(r) => Pin::new(r.as_mut()).poll_read(cx, buf),
-            Self::Sealed(d) => Pin::new(d.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
+/// The decoding stage of [`restore`]: the blob's bytes, decrypted or not.
+type Decoded = ReadStage<ChunkReader, DecryptReader<ChunkReader>>;
 
 /// Writes the content of blob `blob` (from the repository, `source`) to
 /// `key` on `target`, decoded as `read` says and checked against the
@@ -534,9 +509,9 @@ pub(crate) async fn restore(
         .chain(chunks)
         .boxed();
     let reader = ChunkReader::new(chunks, false);
-    let mut decoded = match (read, sealed_with) {
+    let mut decoded: Decoded = match (read, sealed_with) {
         (Read::Auto(k), Some(id)) if id == k.id() => {
-            Decoded::Sealed(Box::new(DecryptReader::new(k, reader)))
+            ReadStage::On(Box::new(DecryptReader::new(k, reader)))
         }
         (Read::Auto(k), Some(id)) => {
             return Err(Error::Repository(warmspare_store::Error::WrongKey {
@@ -545,7 +520,7 @@ pub(crate) async fn restore(
                 configured: k.id(),
             }));
         }
-        _ => Decoded::Plain(Box::new(reader)),
+        _ => ReadStage::Off(reader),
     };
 
     let mut upload =
@@ -583,7 +558,7 @@ pub(crate) async fn restore(
         }
     }
     .await;
-    let transport = decoded.into_chunks().error.take();
+    let transport = decoded.into_inner().error.take();
     let actual = hex::encode(hasher.finalize());
     let checked = match (transport, streamed) {
         (Some(e), _) | (None, Err(e)) => Err(e),

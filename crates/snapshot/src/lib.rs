@@ -148,6 +148,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod backup_common;
 pub mod catalog;
 mod error;
 mod event;

@@ -49,8 +49,10 @@ use crate::crypto::{DecryptReader, EncryptReader, Encryption, EncryptionKey, dec
 use crate::error::{Error, Result};
 
 mod sealed;
+mod stage;
 
 pub use sealed::SealedPut;
+pub use stage::{ReadStage, ReadWrapper};
 
 const READ_BUFFER: usize = 64 * 1024;
 
@@ -196,10 +198,7 @@ impl Codec {
 
         let written: Result<()> = async {
             loop {
-                let n = encoder
-                    .read(&mut buf)
-                    .await
-                    .map_err(|e| Error::from_io("reading source for", path.as_ref(), e))?;
+                let n = encoder.read_source(&mut buf, path.as_ref()).await?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -230,14 +229,8 @@ impl Codec {
         if let Some(progress) = progress {
             progress(content.count);
         }
-        Ok(ObjectInfo {
-            size: content.count,
-            stored_size,
-            sha256: hex::encode(stored.finalize()),
-            content_sha256: hex::encode(content.hasher.finalize()),
-            compression: self.compression,
-            encryption_key_id: key.map(EncryptionKey::id),
-        })
+        let sha256 = hex::encode(stored.finalize());
+        Ok(self.info(content, key, stored_size, sha256))
     }
 
     /// Streams the object at `path` into `writer`, decompressing and
@@ -260,20 +253,41 @@ impl Codec {
         W: AsyncWrite + Unpin + Send + ?Sized,
     {
         let name = path.as_ref();
-        let result = store
-            .get_opts(path, GetOptions::default())
-            .await
-            .map_err(|e| Error::from_store(name, e))?;
-        decode_verified(
-            name,
-            result.into_stream(),
-            expected,
-            &self.encryption,
-            writer,
-            progress,
-        )
-        .await
+        let stream = download(store, path).await?;
+        decode_verified(name, stream, expected, &self.encryption, writer, progress).await
     }
+
+    /// What an object written with `key` holds: the content as `content`
+    /// counted and hashed it, stored as `stored_size` bytes of digest
+    /// `sha256`.
+    fn info<R>(
+        &self,
+        content: HashingReader<R>,
+        key: Option<&EncryptionKey>,
+        stored_size: u64,
+        sha256: String,
+    ) -> ObjectInfo {
+        ObjectInfo {
+            size: content.count,
+            stored_size,
+            sha256,
+            content_sha256: hex::encode(content.hasher.finalize()),
+            compression: self.compression,
+            encryption_key_id: key.map(EncryptionKey::id),
+        }
+    }
+}
+
+/// The stored bytes of the object at `path`.
+async fn download(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+) -> Result<BoxStream<'static, object_store::Result<Bytes>>> {
+    let result = store
+        .get_opts(path, GetOptions::default())
+        .await
+        .map_err(|e| Error::from_store(path.as_ref(), e))?;
+    Ok(result.into_stream())
 }
 
 /// The key to read an object recorded as `expected` with: `None` for an
@@ -421,96 +435,46 @@ impl<R: AsyncRead + Unpin> AsyncRead for HashingReader<R> {
     }
 }
 
+/// The compression stage of `put`, over the content's hash.
+type Compressor<R> =
+    ReadStage<HashingReader<R>, ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>>;
+
 /// The compression and encryption stages of `put`.
-enum Encoder<R> {
-    Clear(Compressor<R>),
-    Encrypt(Box<EncryptReader<Compressor<R>>>),
-}
+type Encoder<R> = ReadStage<Compressor<R>, EncryptReader<Compressor<R>>>;
 
 impl<R: AsyncRead + Unpin> Encoder<R> {
     fn new(compression: Compression, level: i32, key: Option<&EncryptionKey>, reader: R) -> Self {
-        let compressor = Compressor::new(compression, level, reader);
-        match key {
-            None => Self::Clear(compressor),
-            Some(key) => Self::Encrypt(Box::new(EncryptReader::new(key, compressor))),
-        }
-    }
-
-    fn content(&self) -> &HashingReader<R> {
-        match self {
-            Self::Clear(c) => c.content(),
-            Self::Encrypt(e) => e.get_ref().content(),
-        }
-    }
-
-    fn into_content(self) -> HashingReader<R> {
-        match self {
-            Self::Clear(c) => c.into_content(),
-            Self::Encrypt(e) => e.into_inner().into_content(),
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Encoder<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Clear(c) => Pin::new(c).poll_read(cx, buf),
-            Self::Encrypt(e) => Pin::new(e.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-/// Compression stage of `put`.
-enum Compressor<R> {
-    Plain(HashingReader<R>),
-    Zstd(Box<ZstdEncoder<tokio::io::BufReader<HashingReader<R>>>>),
-}
-
-impl<R: AsyncRead + Unpin> Compressor<R> {
-    fn new(compression: Compression, level: i32, reader: R) -> Self {
         let content = HashingReader {
             inner: reader,
             hasher: Sha256::new(),
             count: 0,
         };
-        match compression {
-            Compression::None => Self::Plain(content),
-            Compression::Zstd => Self::Zstd(Box::new(ZstdEncoder::with_quality(
+        let compressor = match compression {
+            Compression::None => ReadStage::Off(content),
+            Compression::Zstd => ReadStage::On(Box::new(ZstdEncoder::with_quality(
                 tokio::io::BufReader::with_capacity(READ_BUFFER, content),
                 Level::Precise(level),
             ))),
+        };
+        match key {
+            None => ReadStage::Off(compressor),
+            Some(key) => ReadStage::On(Box::new(EncryptReader::new(key, compressor))),
         }
+    }
+
+    /// Reads encoded bytes; an error names the object being written.
+    async fn read_source(&mut self, buf: &mut [u8], name: &str) -> Result<usize> {
+        self.read(buf)
+            .await
+            .map_err(|e| Error::from_io("reading source for", name, e))
     }
 
     fn content(&self) -> &HashingReader<R> {
-        match self {
-            Self::Plain(r) => r,
-            Self::Zstd(z) => z.get_ref().get_ref(),
-        }
+        self.get_ref().get_ref()
     }
 
     fn into_content(self) -> HashingReader<R> {
-        match self {
-            Self::Plain(r) => r,
-            Self::Zstd(z) => z.into_inner().into_inner(),
-        }
-    }
-}
-
-impl<R: AsyncRead + Unpin> AsyncRead for Compressor<R> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            Self::Zstd(z) => Pin::new(z.as_mut()).poll_read(cx, buf),
-        }
+        self.into_inner().into_inner()
     }
 }
 
@@ -567,49 +531,21 @@ impl AsyncRead for StoredReader {
     }
 }
 
-/// Decryption stage of `get`.
-enum Decrypter {
-    Clear(Box<StoredReader>),
-    Decrypt(Box<DecryptReader<StoredReader>>),
-}
+/// The decryption stage of `get`.
+type Decrypter = ReadStage<StoredReader, DecryptReader<StoredReader>>;
 
-impl Decrypter {
-    fn into_stored(self) -> StoredReader {
-        match self {
-            Self::Clear(r) => *r,
-            Self::Decrypt(d) => d.into_inner(),
-        }
-    }
-}
-
-impl AsyncRead for Decrypter {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Clear(r) => Pin::new(r.as_mut()).poll_read(cx, buf),
-            Self::Decrypt(d) => Pin::new(d.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-/// Decompression stage of `get`.
-enum Decoder {
-    Plain(Decrypter),
-    Zstd(Box<ZstdDecoder<tokio::io::BufReader<Decrypter>>>),
-}
+/// The decryption and decompression stages of `get`.
+type Decoder = ReadStage<Decrypter, ZstdDecoder<tokio::io::BufReader<Decrypter>>>;
 
 impl Decoder {
     fn new(compression: Compression, key: Option<&EncryptionKey>, stored: StoredReader) -> Self {
         let stored = match key {
-            None => Decrypter::Clear(Box::new(stored)),
-            Some(key) => Decrypter::Decrypt(Box::new(DecryptReader::new(key, stored))),
+            None => ReadStage::Off(stored),
+            Some(key) => ReadStage::On(Box::new(DecryptReader::new(key, stored))),
         };
         match compression {
-            Compression::None => Self::Plain(stored),
-            Compression::Zstd => Self::Zstd(Box::new(ZstdDecoder::new(
+            Compression::None => ReadStage::Off(stored),
+            Compression::Zstd => ReadStage::On(Box::new(ZstdDecoder::new(
                 tokio::io::BufReader::with_capacity(READ_BUFFER, stored),
             ))),
         }
@@ -618,23 +554,7 @@ impl Decoder {
     /// The stored-bytes reader. Bytes the decoder had buffered are lost, but
     /// they were hashed when they were read.
     fn into_stored(self) -> StoredReader {
-        match self {
-            Self::Plain(r) => r.into_stored(),
-            Self::Zstd(z) => z.into_inner().into_inner().into_stored(),
-        }
-    }
-}
-
-impl AsyncRead for Decoder {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(r) => Pin::new(r).poll_read(cx, buf),
-            Self::Zstd(z) => Pin::new(z.as_mut()).poll_read(cx, buf),
-        }
+        self.into_inner().into_inner()
     }
 }
 

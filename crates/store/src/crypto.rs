@@ -371,6 +371,11 @@ impl<R> DecryptReader<R> {
     }
 
     /// The encrypted reader.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// The encrypted reader.
     pub fn into_inner(self) -> R {
         self.inner
     }

@@ -103,7 +103,8 @@ pub use cas::{
 };
 pub use check::{CheckOutcome, CheckStatus, check_repository, rows as check_rows};
 pub use codec::{
-    Codec, Compression, DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, ObjectInfo, Progress, SealedPut,
+    Codec, Compression, DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, ObjectInfo, Progress,
+    ReadStage, ReadWrapper, SealedPut,
 };
 pub use config::{
     DEFAULT_COMPRESSION_LEVEL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RETRIES, DEFAULT_READ_TIMEOUT,

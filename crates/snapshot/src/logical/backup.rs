@@ -1,22 +1,21 @@
 //! [`backup_logical`]: `pg_dump` streamed into the repository.
 
 use std::process::Stdio;
-use std::time::Instant;
 
 use sqlx::{Connection as _, PgConnection};
 use time::OffsetDateTime;
-use warmspare_store::object_store::ObjectStoreExt;
-use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter, layout};
+use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter};
 
 use super::chunks::ChunkReader;
 use super::{
     DUMP_DIR, DUMP_FILE, GLOBALS_FILE, LOGICAL_DIRECTORY_FORMAT, LOGICAL_FORMAT,
     LogicalBackupOptions, LogicalMeta, RecordedOptions, ToolVersions, directory,
 };
+use crate::backup_common::{Run, check_tool_for_server, commit, fail, stdout_of};
 use crate::error::{Error, Result};
 use crate::event::{BackupStep, Event, ProgressFn};
 use crate::pg::{ServerInfo, TableRows, Target, count_rows, user_tables};
-use crate::tools::{Tool, ToolVersion, Tools, major_text};
+use crate::tools::{Tool, ToolVersion, Tools};
 
 /// A committed logical snapshot.
 #[derive(Debug, Clone)]
@@ -69,25 +68,12 @@ pub async fn backup_logical(
     now: OffsetDateTime,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<LogicalBackup> {
-    let clock = Instant::now();
-    let emit = |event| {
-        if let Some(progress) = progress {
-            progress(event);
-        }
-    };
-    let fail = |step| {
-        move |e: Error| Error::Backup {
-            step,
-            source: Box::new(e),
-        }
-    };
+    let run = &Run::<BackupStep>::new(progress);
+    let emit = |event| run.emit(event);
 
-    emit(Event::Backup(BackupStep::CheckTools));
-    let tools = Tools::new(options.bin_dir.as_deref());
-    let pg_dump = tools
-        .version(Tool::PgDump)
-        .await
-        .map_err(fail(BackupStep::CheckTools))?;
+    let (tools, pg_dump) = run
+        .check_tool(options.bin_dir.as_deref(), Tool::PgDump)
+        .await?;
     let pg_dumpall = match options.globals {
         true => Some(
             tools
@@ -98,27 +84,21 @@ pub async fn backup_logical(
         false => None,
     };
 
-    emit(Event::Backup(BackupStep::Connect));
-    let target = Target::parse(source_url).map_err(fail(BackupStep::Connect))?;
-    let mut session = Session::open(&target, options, &pg_dump)
+    let target = run.source(source_url)?;
+    let session = &mut Session::open(&target, options, &pg_dump)
         .await
         .map_err(fail(BackupStep::Connect))?;
 
-    emit(Event::Backup(BackupStep::Dump));
-    let mut writer = repo
-        .begin_snapshot(SnapshotKind::Logical, now)
-        .await
-        .map_err(|e| fail(BackupStep::Dump)(e.into()))?;
-    let id = writer.id().clone();
-    let result = async {
+    let kind = SnapshotKind::Logical;
+    run.in_new_snapshot(repo, kind, now, BackupStep::Dump, |mut writer| async move {
         let directory = options.jobs > 1;
-        let row_counts = dump(&mut writer, &tools, &target, &mut session, options, emit)
+        let row_counts = dump(&mut writer, &tools, &target, session, options, emit)
             .await
             .map_err(fail(BackupStep::Dump))?;
         session.close().await;
 
         if pg_dumpall.is_some() {
-            emit(Event::Backup(BackupStep::Globals));
+            run.enter(BackupStep::Globals);
             globals(
                 &mut writer,
                 &tools,
@@ -131,7 +111,7 @@ pub async fn backup_logical(
             .map_err(fail(BackupStep::Globals))?;
         }
 
-        emit(Event::Backup(BackupStep::Commit));
+        run.enter(BackupStep::Commit);
         let meta = LogicalMeta {
             format: match directory {
                 true => LOGICAL_DIRECTORY_FORMAT,
@@ -164,18 +144,12 @@ pub async fn backup_logical(
                 jobs: options.jobs.max(1),
             },
         };
-        commit(repo, writer, &meta, epoch, now + clock.elapsed())
+        commit(repo, writer, &meta, epoch, run.finished(now))
             .await
             .map(|manifest| LogicalBackup { manifest, meta })
             .map_err(fail(BackupStep::Commit))
-    }
-    .await;
-    if result.is_err() {
-        // Best effort: the error that matters is the one being returned,
-        // and `prune` removes whatever stays behind.
-        let _ = crate::catalog::delete_objects(repo, &id).await;
-    }
-    result
+    })
+    .await
 }
 
 /// The connection that holds the dump's snapshot.
@@ -208,15 +182,7 @@ impl Session {
         let info = ServerInfo::read(&mut conn, true)
             .await
             .map_err(sql("reading the server's identity"))?;
-        if pg_dump.major < info.major() {
-            return Err(Error::ToolTooOld {
-                tool: "pg_dump",
-                tool_version: pg_dump.version.clone(),
-                what: "the server",
-                needed: info.server_version.clone(),
-                needed_major: major_text(info.major()),
-            });
-        }
+        check_tool_for_server(Tool::PgDump, pg_dump, &info)?;
         let tables = match options.count_rows {
             true => user_tables(&mut conn)
                 .await
@@ -278,15 +244,7 @@ async fn dump(
         return dump_directory(writer, tools, target, command, options, count, &emit).await;
     }
     command.arg("--format=custom").stdout(Stdio::piped());
-    let mut running = tools.spawn(Tool::PgDump, command)?;
-    let Some(stdout) = running.child_mut().stdout.take() else {
-        running.kill().await;
-        return Err(Error::ToolIo {
-            tool: "pg_dump",
-            context: "no output pipe from",
-            source: std::io::Error::other("stdout not captured"),
-        });
-    };
+    let (running, stdout) = stdout_of(tools.spawn(Tool::PgDump, command)?, Tool::PgDump).await?;
 
     let bytes = |n| emit(Event::Bytes(n));
     let upload = async {
@@ -386,15 +344,8 @@ async fn globals(
         command.arg("--no-role-passwords");
     }
     target.configure_child(&mut command, options.connect_timeout);
-    let mut running = tools.spawn(Tool::PgDumpall, command)?;
-    let Some(stdout) = running.child_mut().stdout.take() else {
-        running.kill().await;
-        return Err(Error::ToolIo {
-            tool: "pg_dumpall",
-            context: "no output pipe from",
-            source: std::io::Error::other("stdout not captured"),
-        });
-    };
+    let running = tools.spawn(Tool::PgDumpall, command)?;
+    let (running, stdout) = stdout_of(running, Tool::PgDumpall).await?;
     let bytes = |n| emit(Event::Bytes(n));
     match writer
         .put_file_with_progress(GLOBALS_FILE, stdout, Some(&bytes))
@@ -406,38 +357,4 @@ async fn globals(
             Err(e.into())
         }
     }
-}
-
-/// Checks that every data object is still in place (a `prune` with a grace
-/// period shorter than this backup could have removed them), then writes
-/// the manifest.
-async fn commit(
-    repo: &Repository,
-    writer: SnapshotWriter,
-    meta: &LogicalMeta,
-    epoch: Option<u64>,
-    finished: OffsetDateTime,
-) -> Result<Manifest> {
-    let store = repo.store().object_store();
-    for name in writer.files().keys() {
-        let path = layout::snapshot_file(writer.id(), name)?;
-        if let Err(e) = store.head(&path).await {
-            return Err(Error::Store(match e {
-                warmspare_store::object_store::Error::NotFound { .. } => {
-                    warmspare_store::Error::NotFound {
-                        path: path.to_string(),
-                    }
-                }
-                source => warmspare_store::Error::Store {
-                    path: path.to_string(),
-                    source,
-                },
-            }));
-        }
-    }
-    let meta = serde_json::to_value(meta).map_err(|e| Error::BadMeta {
-        id: writer.id().clone(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(writer.commit(meta, epoch, finished).await?)
 }

@@ -1,20 +1,21 @@
 //! [`backup_physical`]: `pg_basebackup` streamed into the repository.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use sqlx::Connection as _;
 use time::OffsetDateTime;
 use warmspare_store::object_store::ObjectStoreExt;
-use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter, layout};
+use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter};
 
 use super::tar::Scanned;
 use super::{BASE_FILE, Checkpoint, PHYSICAL_FORMAT, PhysicalBackupOptions, PhysicalMeta};
+use crate::backup_common::{Run, check_tool_for_server, commit, fail, stdout_of};
 use crate::error::{Error, Result};
 use crate::event::{Event, PhysicalBackupStep, ProgressFn};
 use crate::pg::{ServerInfo, Target};
-use crate::tools::{Tool, Tools, major_text};
+use crate::tools::{Tool, Tools};
 use crate::wal::{Lsn, WalFileName, segment_name, segments_between};
 
 /// The warning a server repeats while it waits for `archive_command` at
@@ -69,61 +70,36 @@ pub async fn backup_physical(
     now: OffsetDateTime,
     progress: Option<ProgressFn<'_>>,
 ) -> Result<PhysicalBackup> {
-    let clock = Instant::now();
-    let emit = |event| {
-        if let Some(progress) = progress {
-            progress(event);
-        }
-    };
-    let fail = |step| {
-        move |e: Error| Error::PhysicalBackup {
-            step,
-            source: Box::new(e),
-        }
-    };
+    let run = &Run::<PhysicalBackupStep>::new(progress);
+    let emit = |event| run.emit(event);
 
-    emit(Event::PhysicalBackup(PhysicalBackupStep::CheckTools));
-    let tools = Tools::new(options.bin_dir.as_deref());
-    let tool = tools
-        .version(Tool::PgBasebackup)
-        .await
-        .map_err(fail(PhysicalBackupStep::CheckTools))?;
+    let (tools, tool) = run
+        .check_tool(options.bin_dir.as_deref(), Tool::PgBasebackup)
+        .await?;
 
-    emit(Event::PhysicalBackup(PhysicalBackupStep::Connect));
-    let target = Target::parse(source_url).map_err(fail(PhysicalBackupStep::Connect))?;
+    let target = run.source(source_url)?;
     let server = Server::read(&target, options)
         .await
         .map_err(fail(PhysicalBackupStep::Connect))?;
-    if tool.major < server.info.major() {
-        return Err(fail(PhysicalBackupStep::Connect)(Error::ToolTooOld {
-            tool: "pg_basebackup",
-            tool_version: tool.version.clone(),
-            what: "the server",
-            needed: server.info.server_version.clone(),
-            needed_major: major_text(server.info.major()),
-        }));
-    }
+    check_tool_for_server(Tool::PgBasebackup, &tool, &server.info)
+        .map_err(fail(PhysicalBackupStep::Connect))?;
 
-    emit(Event::PhysicalBackup(PhysicalBackupStep::BaseBackup));
-    let mut writer = repo
-        .begin_snapshot(SnapshotKind::Physical, now)
-        .await
-        .map_err(|e| fail(PhysicalBackupStep::BaseBackup)(e.into()))?;
-    let id = writer.id().clone();
-    let result = async {
-        let label = format!("warmspare {id}");
+    let kind = SnapshotKind::Physical;
+    let step = PhysicalBackupStep::BaseBackup;
+    run.in_new_snapshot(repo, kind, now, step, |mut writer| async move {
+        let label = format!("warmspare {}", writer.id());
         let stream = base_backup(&mut writer, &tools, &target, options, &label, emit)
             .await
             .map_err(fail(PhysicalBackupStep::BaseBackup))?;
         let positions = Positions::read(&stream, server.segment_size)
             .map_err(fail(PhysicalBackupStep::BaseBackup))?;
 
-        emit(Event::PhysicalBackup(PhysicalBackupStep::WaitForWal));
+        run.enter(PhysicalBackupStep::WaitForWal);
         wait_for_wal(repo, &positions, options.wal_timeout)
             .await
             .map_err(fail(PhysicalBackupStep::WaitForWal))?;
 
-        emit(Event::PhysicalBackup(PhysicalBackupStep::Commit));
+        run.enter(PhysicalBackupStep::Commit);
         let meta = PhysicalMeta {
             format: PHYSICAL_FORMAT.to_owned(),
             source: target.describe(),
@@ -142,17 +118,12 @@ pub async fn backup_physical(
             pg_basebackup: tool.line.clone(),
             checkpoint: options.checkpoint,
         };
-        commit(repo, writer, &meta, epoch, now + clock.elapsed())
+        commit(repo, writer, &meta, epoch, run.finished(now))
             .await
             .map(|manifest| PhysicalBackup { manifest, meta })
             .map_err(fail(PhysicalBackupStep::Commit))
-    }
-    .await;
-    if result.is_err() {
-        // Best effort: `prune` removes whatever stays behind.
-        let _ = crate::catalog::delete_objects(repo, &id).await;
-    }
-    result
+    })
+    .await
 }
 
 /// What the server says before the backup starts.
@@ -233,19 +204,12 @@ async fn base_backup(
         .stdout(Stdio::piped());
     target.configure_child(&mut command, options.connect_timeout);
     let (alarm, alarmed) = tokio::sync::oneshot::channel();
-    let mut running = tools.spawn_with_alarm(
+    let running = tools.spawn_with_alarm(
         Tool::PgBasebackup,
         command,
         Some((ARCHIVE_WAIT_WARNING, alarm)),
     )?;
-    let Some(stdout) = running.child_mut().stdout.take() else {
-        running.kill().await;
-        return Err(Error::ToolIo {
-            tool: "pg_basebackup",
-            context: "no output pipe from",
-            source: std::io::Error::other("stdout not captured"),
-        });
-    };
+    let (running, stdout) = stdout_of(running, Tool::PgBasebackup).await?;
     let mut scanned = Scanned::new(stdout);
     let bytes = |n| emit(Event::Bytes(n));
     let uploaded = tokio::select! {
@@ -414,37 +378,6 @@ async fn wait_for_wal(repo: &Repository, positions: &Positions, timeout: Duratio
         }
     }
     Ok(())
-}
-
-/// Checks that the base backup is still in place (a `prune` with a grace
-/// period shorter than this backup could have removed it), then writes the
-/// manifest.
-async fn commit(
-    repo: &Repository,
-    writer: SnapshotWriter,
-    meta: &PhysicalMeta,
-    epoch: Option<u64>,
-    finished: OffsetDateTime,
-) -> Result<Manifest> {
-    let path = layout::snapshot_file(writer.id(), BASE_FILE)?;
-    if let Err(e) = repo.store().object_store().head(&path).await {
-        return Err(Error::Store(match e {
-            warmspare_store::object_store::Error::NotFound { .. } => {
-                warmspare_store::Error::NotFound {
-                    path: path.to_string(),
-                }
-            }
-            source => warmspare_store::Error::Store {
-                path: path.to_string(),
-                source,
-            },
-        }));
-    }
-    let meta = serde_json::to_value(meta).map_err(|e| Error::BadMeta {
-        id: writer.id().clone(),
-        reason: format!("cannot encode: {e}"),
-    })?;
-    Ok(writer.commit(meta, epoch, finished).await?)
 }
 
 #[cfg(test)]

@@ -23,13 +23,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Codec, Encoder, ObjectInfo, READ_BUFFER, decode_verified};
-use crate::crypto::EncryptionKey;
+use super::{Codec, Encoder, ObjectInfo, READ_BUFFER, decode_verified, download};
 use crate::error::{Error, Result};
 
 /// The magic of the zstd skippable frame that opens a sealed object.
@@ -94,10 +93,7 @@ impl Codec {
         let mut data = Vec::new();
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
-            let n = encoder
-                .read(&mut buf)
-                .await
-                .map_err(|e| Error::from_io("reading source for", name, e))?;
+            let n = encoder.read_source(&mut buf, name).await?;
             if n == 0 {
                 break;
             }
@@ -113,15 +109,8 @@ impl Codec {
             }
             data.extend_from_slice(&buf[..n]);
         }
-        let content = encoder.into_content();
-        let ours = ObjectInfo {
-            size: content.count,
-            stored_size: data.len() as u64,
-            sha256: hex::encode(Sha256::digest(&data)),
-            content_sha256: hex::encode(content.hasher.finalize()),
-            compression: self.compression,
-            encryption_key_id: key.map(EncryptionKey::id),
-        };
+        let sha256 = hex::encode(Sha256::digest(&data));
+        let ours = self.info(encoder.into_content(), key, data.len() as u64, sha256);
         let header = Bytes::from(seal_frame(name, &ours));
         let data = Bytes::from(data);
 
@@ -179,11 +168,7 @@ impl Codec {
         W: AsyncWrite + Unpin + Send + ?Sized,
     {
         let name = path.as_ref();
-        let result = store
-            .get_opts(path, GetOptions::default())
-            .await
-            .map_err(|e| Error::from_store(name, e))?;
-        let mut stream = result.into_stream();
+        let mut stream = download(store, path).await?;
         let corrupt = |reason: String| Error::Corrupt {
             path: name.to_string(),
             reason,
@@ -252,8 +237,10 @@ fn seal_frame(path: &str, info: &ObjectInfo) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::codec::Compression;
+    use crate::crypto::EncryptionKey;
     use async_compression::tokio::bufread::ZstdDecoder;
     use object_store::memory::InMemory;
+    use tokio::io::AsyncReadExt;
 
     fn mem() -> Arc<dyn ObjectStore> {
         Arc::new(InMemory::new())
