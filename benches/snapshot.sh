@@ -6,8 +6,9 @@
 #                    (also --jobs 2: directory format, pg_dump -j 2)
 #   restore          warmspare restore db latest --to URL (checks + swap)
 #                                             vs gunzip | psql
-#                    (also --jobs 2, and the directory-format snapshot with
-#                    --jobs 2; the time of each restore step is printed)
+#                    (also --jobs 2 --parallel-load, --jobs 2, and the
+#                    directory-format snapshot with --jobs 2; the time of
+#                    each restore step is printed)
 #   physical backup  warmspare backup db --physical vs pgbackrest backup
 #                    (posix repository, compress-type=zst, process-max=1)
 #
@@ -175,6 +176,11 @@ for i in $(seq "$REPEAT"); do
         -c 'create database plain_restore'
     run zstd_pg_restore sh -c "zstd -q -dc $WORK/out/bench.dump.zst | $PG_BIN/pg_restore \
         -h 127.0.0.1 -p $SPARE_PORT -U postgres -d plain_restore"
+    # The parallel loader: the same snapshot streamed (no spool), the table
+    # data over two COPY connections (pre-data, data, post-data passes).
+    run ws_restore_par sh -c "$BIN --config $CFG restore db $SNAP --jobs 2 --parallel-load \
+        --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
+        | $WORK/stamp > $WORK/out/steps.ws_restore_par.$i"
     # The same with two pg_restore jobs (the verified dump is spooled first).
     run ws_restore_j2 sh -c "$BIN --config $CFG restore db $SNAP --jobs 2 --spool-dir $WORK/out \
         --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
@@ -267,6 +273,7 @@ row ws_backup '  (same, vs the manual recipe)' "$SIZE_WS" pgdump_gzip "$SIZE_GZI
 row ws_backup_j2 'warmspare backup db --jobs 2' "$SIZE_WS_J2" floor_plain
 row gunzip_psql 'gunzip | psql' ''
 row ws_restore 'warmspare restore db (check+swap)' '' gunzip_psql
+row ws_restore_par '  (same, --jobs 2 --parallel-load)' '' gunzip_psql
 row ws_restore_j2 '  (same, --jobs 2)' '' gunzip_psql
 row ws_restore_dir '  (--jobs 2 snapshot, --jobs 2)' '' gunzip_psql
 row zstd_pg_restore 'zstd -dc | pg_restore (diagnostic)' '' gunzip_psql
@@ -279,7 +286,7 @@ else
 fi
 echo
 echo "restore steps, median seconds over the runs (from the timestamped progress lines):"
-for kind in ws_restore ws_restore_j2 ws_restore_dir; do
+for kind in ws_restore ws_restore_par ws_restore_j2 ws_restore_dir; do
     # "TS restore: STEP" starts a step, "TS end" ends the last: one
     # "N STEP SECONDS" line per step and run (N: the step's position).
     for f in "$WORK"/out/steps.$kind.*; do

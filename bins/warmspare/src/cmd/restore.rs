@@ -107,12 +107,20 @@ struct DbArgs {
     standby: bool,
 
     /// pg_restore jobs; more than 1 first spools the verified dump to a
-    /// local file (it needs the dump's size in free space). A snapshot
+    /// local file (it needs the dump's size in free space), unless
+    /// --parallel-load is given. A snapshot
     /// taken with `backup db --jobs` is always spooled (its objects
     /// downloaded in parallel) and restored with pg_restore --jobs N.
     #[arg(long, value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     jobs: u32,
+
+    /// Custom-format snapshots with --jobs N: stream the dump (no spool)
+    /// and load the table data over N connections, a large table's rows
+    /// split among them (pg_restore --jobs gives each table to one
+    /// connection). Same contents, rows in another physical order.
+    #[arg(long)]
+    parallel_load: bool,
 
     /// Where the spool file of a parallel restore goes [default: the
     /// system's temporary directory].
@@ -179,10 +187,14 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         ))
         .into());
     }
+    if args.parallel_load && args.jobs < 2 {
+        return Err(UsageError("--parallel-load needs --jobs 2 or more".into()).into());
+    }
     let config = super::load_config(global)?;
     let secrets = repo::secrets(&config, [args.to.as_str()]);
     let mut options = RestoreOptions::default()
         .with_jobs(args.jobs)
+        .with_parallel_load(args.parallel_load)
         .with_no_owner(args.no_owner)
         .with_no_privileges(args.no_privileges)
         .with_globals(args.with_globals)

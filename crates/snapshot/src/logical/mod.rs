@@ -9,6 +9,7 @@ mod chunks;
 mod deep;
 mod directory;
 mod globals;
+mod load;
 mod restore;
 
 use std::path::PathBuf;
@@ -163,10 +164,19 @@ pub struct RestoreOptions {
     /// `pg_restore` jobs. For a custom-format snapshot, 1 streams the dump
     /// straight into `pg_restore`'s standard input (no disk space needed);
     /// more spool the verified dump to a temporary file first, because a
-    /// parallel `pg_restore` needs a seekable archive. A directory-format
+    /// parallel `pg_restore` needs a seekable archive (unless
+    /// [`parallel_load`](Self::parallel_load) is set). A directory-format
     /// snapshot is always spooled (its objects downloaded in parallel and
     /// verified) and restored with `pg_restore --jobs N`.
     pub jobs: u32,
+    /// With more than one [`jobs`](Self::jobs) and a custom-format
+    /// snapshot: stream the dump (no spool) and load the table data over
+    /// `jobs` connections, a large table's rows split among them, instead
+    /// of `pg_restore --jobs` (which gives each table to one connection).
+    /// The tables' contents are the same, their rows' physical order is
+    /// not (a `pg_dump` of the copy lists rows in another order). See
+    /// `logical/load.rs`.
+    pub parallel_load: bool,
     /// Where the spool file or directory goes (it needs the dump's
     /// uncompressed size); `None`: the system's temporary directory.
     pub spool_dir: Option<PathBuf>,
@@ -205,6 +215,7 @@ impl Default for RestoreOptions {
         Self {
             bin_dir: None,
             jobs: 1,
+            parallel_load: false,
             spool_dir: None,
             globals: false,
             maintenance_db: None,
@@ -227,6 +238,11 @@ impl RestoreOptions {
     /// Sets [`jobs`](Self::jobs) (at least 1).
     pub fn with_jobs(mut self, jobs: u32) -> Self {
         self.jobs = jobs.max(1);
+        self
+    }
+    /// Sets [`parallel_load`](Self::parallel_load).
+    pub fn with_parallel_load(mut self, yes: bool) -> Self {
+        self.parallel_load = yes;
         self
     }
     /// Sets [`spool_dir`](Self::spool_dir).

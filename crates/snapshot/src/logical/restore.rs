@@ -13,6 +13,7 @@ use tokio::io::AsyncWriteExt;
 use warmspare_store::{Manifest, Repository, SnapshotId, SnapshotKind};
 
 use super::globals::{self, GlobalsReport};
+use super::load::{self, LoadedRows};
 use super::{LogicalMeta, RestoreOptions};
 use crate::error::{Error, Result, RowCountMismatch};
 use crate::event::{Event, ProgressFn, RestoreStep};
@@ -342,13 +343,19 @@ async fn apply(
 
     steps.enter(RestoreStep::Restore);
     let staging_target = p.target.with_database(&p.staging);
-    let bytes = restore_dump(
+    // Dropping the previous copy (after the restore) forces a checkpoint:
+    // the parallel loader starts one early, see `load::restore_parallel`.
+    let drop_follows = database_exists(&mut p.admin, &p.previous)
+        .await
+        .map_err(sql("looking for the previous copy"))?;
+    let (bytes, loaded) = restore_dump_counted(
         repo,
         &p.manifest,
         &p.meta,
         &p.tools,
         &staging_target,
         options,
+        drop_follows,
         steps.emit,
     )
     .await?;
@@ -363,9 +370,6 @@ async fn apply(
         // (seconds for a large database). Started now, that writing
         // overlaps the counting, which only reads. Best effort: a role
         // without the right to CHECKPOINT just skips it.
-        let drop_follows = database_exists(&mut p.admin, &p.previous)
-            .await
-            .map_err(sql("looking for the previous copy"))?;
         let admin = &mut p.admin;
         let flush = async move {
             if drop_follows {
@@ -373,7 +377,13 @@ async fn apply(
             }
         };
         let (checked, ()) = tokio::join!(
-            check_row_counts(&staging_target, &p.staging, expected, options),
+            check_row_counts_known(
+                &staging_target,
+                &p.staging,
+                expected,
+                loaded.as_ref(),
+                options
+            ),
             flush
         );
         tables_checked = Some(checked?);
@@ -430,19 +440,72 @@ pub(super) async fn restore_dump(
     options: &RestoreOptions,
     emit: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<u64> {
-    let mut command = tools.command(Tool::PgRestore);
-    command
-        .arg("--exit-on-error")
-        .arg("--no-password")
-        .arg(format!("--dbname={}", staging.tool_url()));
-    if options.no_owner {
-        command.arg("--no-owner");
+    restore_dump_counted(repo, manifest, meta, tools, staging, options, false, emit)
+        .await
+        .map(|(bytes, _)| bytes)
+}
+
+/// [`restore_dump`], also returning the rows stored per table when the
+/// parallel loader ([`RestoreOptions::parallel_load`], custom format, more
+/// than one job) counted them.
+#[allow(clippy::too_many_arguments)]
+async fn restore_dump_counted(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    tools: &Tools,
+    staging: &Target,
+    options: &RestoreOptions,
+    flush_early: bool,
+    emit: &(dyn Fn(Event) + Send + Sync),
+) -> Result<(u64, Option<LoadedRows>)> {
+    let base = || {
+        let mut command = tools.command(Tool::PgRestore);
+        command
+            .arg("--exit-on-error")
+            .arg("--no-password")
+            .arg(format!("--dbname={}", staging.tool_url()));
+        if options.no_owner {
+            command.arg("--no-owner");
+        }
+        if options.no_privileges {
+            command.arg("--no-privileges");
+        }
+        staging.configure_child(&mut command, options.connect_timeout);
+        restore_session_settings(&mut command);
+        command
+    };
+    if options.parallel_load && options.jobs > 1 && !meta.is_directory() {
+        let (bytes, rows) = load::restore_parallel(
+            repo,
+            manifest,
+            meta,
+            tools,
+            staging,
+            options,
+            flush_early,
+            base,
+            emit,
+        )
+        .await?;
+        return Ok((bytes, Some(rows)));
     }
-    if options.no_privileges {
-        command.arg("--no-privileges");
-    }
-    staging.configure_child(&mut command, options.connect_timeout);
-    restore_session_settings(&mut command);
+    restore_dump_ordered(repo, manifest, meta, tools, staging, options, base(), emit)
+        .await
+        .map(|bytes| (bytes, None))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_dump_ordered(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    tools: &Tools,
+    staging: &Target,
+    options: &RestoreOptions,
+    mut command: tokio::process::Command,
+    emit: &(dyn Fn(Event) + Send + Sync),
+) -> Result<u64> {
     let bytes = |n| emit(Event::Bytes(n));
     let scrub = |text| staging.scrub(text);
 
@@ -576,26 +639,50 @@ pub(super) async fn check_row_counts(
     expected: &[TableRows],
     options: &RestoreOptions,
 ) -> Result<usize> {
-    let mut conn = staging.connect(options.connect_timeout).await?;
-    let sql = |context: &'static str| move |e| staging.sql_error(context, e);
-    let present: BTreeSet<(String, String)> = user_tables(&mut conn)
-        .await
-        .map_err(sql("listing restored tables"))?
-        .into_iter()
-        .collect();
-    let wanted: Vec<(String, String)> = expected
-        .iter()
-        .map(|t| (t.schema.clone(), t.table.clone()))
-        .filter(|key| present.contains(key))
-        .collect();
-    let counted = count_rows(&mut conn, &wanted)
-        .await
-        .map_err(sql("counting restored rows"))?;
-    let _ = conn.close().await;
+    check_row_counts_known(staging, staging_name, expected, None, options).await
+}
+
+/// [`check_row_counts`], taking the rows the parallel loader's COPYs stored
+/// (their command tags) as the count of those tables: every row of the
+/// table came through them, and the constraints and triggers that could
+/// change that are only created afterwards. Tables not among them are
+/// counted with SQL.
+async fn check_row_counts_known(
+    staging: &Target,
+    staging_name: &str,
+    expected: &[TableRows],
+    known: Option<&LoadedRows>,
+    options: &RestoreOptions,
+) -> Result<usize> {
+    let is_known =
+        |t: &TableRows| known.is_some_and(|k| k.contains_key(&(t.schema.clone(), t.table.clone())));
+    let mut counted = Vec::new();
+    if !expected.iter().all(is_known) {
+        let mut conn = staging.connect(options.connect_timeout).await?;
+        let sql = |context: &'static str| move |e| staging.sql_error(context, e);
+        let present: BTreeSet<(String, String)> = user_tables(&mut conn)
+            .await
+            .map_err(sql("listing restored tables"))?
+            .into_iter()
+            .collect();
+        let wanted: Vec<(String, String)> = expected
+            .iter()
+            .filter(|t| !is_known(t))
+            .map(|t| (t.schema.clone(), t.table.clone()))
+            .filter(|key| present.contains(key))
+            .collect();
+        counted = count_rows(&mut conn, &wanted)
+            .await
+            .map_err(sql("counting restored rows"))?;
+        let _ = conn.close().await;
+    }
     let mut counted = counted.into_iter().peekable();
     let mut mismatches = Vec::new();
     for table in expected {
+        let from_load =
+            known.and_then(|k| k.get(&(table.schema.clone(), table.table.clone())).copied());
         let actual = match counted.peek() {
+            _ if from_load.is_some() => from_load,
             Some(c) if c.schema == table.schema && c.table == table.table => {
                 counted.next().map(|c| c.rows)
             }

@@ -1,0 +1,596 @@
+//! The parallel loader of a custom-format dump: one large table loaded over
+//! several connections at once, which `pg_restore --jobs` cannot do (it
+//! gives each table's data to one connection).
+//!
+//! Three passes over the stored dump, each verified as it streams:
+//!
+//! 1. `pg_restore --section=pre-data` into the database. It needs only the
+//!    table of contents at the start of the archive and exits without
+//!    reading the data; the stream stops there.
+//! 2. `pg_restore --section=data --file=-` turns the data into plain SQL:
+//!    `COPY t (cols) FROM stdin;` blocks ending in `\.`, and a few plain
+//!    statements (`setval`, large objects, session `SET`s). COPY's text
+//!    format puts each row on exactly one line, so the rows are cut into
+//!    chunks of [`CHUNK`] bytes at line ends and handed to whichever of the
+//!    N loader connections is free; each runs its own `COPY ... FROM STDIN`
+//!    for the table, so a large table is written by N backends at once.
+//!    Everything else runs in order on one more connection: nothing in the
+//!    data section depends on table data (sequence values and large
+//!    objects are independent of the tables), so it need not wait for the
+//!    COPYs. The session settings of the dump's header (`client_encoding`,
+//!    `standard_conforming_strings`, ...) are applied on every connection.
+//! 3. `pg_restore --section=post-data` (indexes, constraints, triggers):
+//!    again only the table of contents. It only starts once pass 2 read
+//!    the whole dump and its digest matched.
+//!
+//! Rows end up in a different physical order than in the source (chunks
+//! of one table commit in any order), so a `pg_dump` of the copy lists
+//! them differently; the contents are equal. Each COPY's command tag gives
+//! the rows it stored, summed per table: the row-count check needs no
+//! `count(*)` over the loaded tables.
+//!
+//! Memory: at most `2 × jobs + 1` chunks (one being filled, `jobs` queued,
+//! one held by each connection) and the largest single row.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::sync::{Mutex, mpsc};
+use warmspare_store::{Manifest, Repository};
+
+use super::{LogicalMeta, RestoreOptions};
+use crate::error::{Error, Result};
+use crate::event::Event;
+use crate::pg::Target;
+use crate::tools::{Tool, Tools};
+
+/// Rows handed to one connection at a time, in bytes (whole lines: a
+/// chunk may exceed this by one row).
+pub(super) const CHUNK: usize = 2 << 20;
+
+/// Statements buffered for the ordered connection before they are sent
+/// (at a statement's end).
+const STATEMENTS: usize = 1 << 20;
+
+/// Rows stored per table, by (schema, table), from the COPY command tags.
+pub(super) type LoadedRows = BTreeMap<(String, String), u64>;
+
+/// Restores a custom-format dump into `staging` in three passes (see the
+/// module's documentation), the data over `jobs` connections. Returns the
+/// dump's content bytes and the rows stored per table.
+///
+/// `flush_early`: a checkpoint will be forced after the restore (dropping
+/// a database forces one, and it must write out everything the restore
+/// left dirty): start one as soon as the data is loaded, beside the
+/// post-data pass, so that the later one finds little left to write.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn restore_parallel(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    tools: &Tools,
+    staging: &Target,
+    options: &RestoreOptions,
+    flush_early: bool,
+    base: impl Fn() -> tokio::process::Command,
+    emit: &(dyn Fn(Event) + Send + Sync),
+) -> Result<(u64, LoadedRows)> {
+    let scrub = |text| staging.scrub(text);
+
+    let mut pre = base();
+    pre.arg("--section=pre-data");
+    feed_section(repo, manifest, meta, tools, pre, &scrub).await?;
+
+    let mut data = tools.command(Tool::PgRestore);
+    data.arg("--section=data")
+        .arg("--file=-")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
+    let mut running = tools.spawn(Tool::PgRestore, data)?;
+    let (Some(mut stdin), Some(stdout)) = (
+        running.child_mut().stdin.take(),
+        running.child_mut().stdout.take(),
+    ) else {
+        running.kill().await;
+        return Err(Error::ToolIo {
+            tool: "pg_restore",
+            context: "no pipes to",
+            source: std::io::Error::other("stdin or stdout not captured"),
+        });
+    };
+    let bytes = |n| emit(Event::Bytes(n));
+    let feed = async {
+        let fed = repo
+            .read_manifest_file(manifest, &meta.dump_file, &mut stdin, Some(&bytes))
+            .await;
+        if fed.is_ok() {
+            let _ = stdin.shutdown().await;
+        }
+        drop(stdin);
+        fed
+    };
+    let jobs = options.jobs.max(1) as usize;
+    let load = load_sql(stdout, staging, options, jobs);
+    let (fed, loaded) = tokio::join!(feed, load);
+    let size = match fed {
+        Ok(info) => info.size,
+        Err(warmspare_store::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            // pg_restore stopped reading: the loader failed and closed its
+            // output (the loader's error names the table), or pg_restore
+            // failed on its own. Either may come from corrupt input: then
+            // the object's digest says so, and that is the error.
+            if let Err(tool_error) = running.finish(&scrub).await {
+                let mut sink = tokio::io::sink();
+                return match repo
+                    .read_manifest_file(manifest, &meta.dump_file, &mut sink, None)
+                    .await
+                {
+                    Err(corrupt) => Err(corrupt.into()),
+                    Ok(_) => Err(loaded.err().unwrap_or(tool_error)),
+                };
+            }
+            loaded?;
+            return Err(Error::ToolIo {
+                tool: "pg_restore",
+                context: "stopped reading its input early:",
+                source,
+            });
+        }
+        Err(e) => {
+            running.kill().await;
+            return Err(e.into());
+        }
+    };
+    // Verified to the last byte: the loader's and pg_restore's verdicts
+    // count now.
+    let rows = match loaded {
+        Ok(rows) => rows,
+        Err(e) => {
+            running.kill().await;
+            return Err(e);
+        }
+    };
+    running.finish(&scrub).await?;
+
+    let mut post = base();
+    post.arg("--section=post-data");
+    let post = feed_section(repo, manifest, meta, tools, post, &scrub);
+    // The table data is all written: a checkpoint started now writes it
+    // out while the index builds keep the processors busy, instead of
+    // after them (see `flush_early`). Best effort: a role without the
+    // right to CHECKPOINT just skips it.
+    let flush = async {
+        if flush_early && let Ok(mut conn) = staging.connect(options.connect_timeout).await {
+            let _ = sqlx::query("CHECKPOINT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        }
+    };
+    let (post, ()) = tokio::join!(post, flush);
+    post?;
+    Ok((size, rows))
+}
+
+/// Runs `command` (a `pg_restore --section` into the database) with the
+/// dump streamed into its standard input. It may stop reading once it has
+/// what it needs (the table of contents): that is no error.
+async fn feed_section(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    tools: &Tools,
+    mut command: tokio::process::Command,
+    scrub: &(dyn Fn(String) -> String + Sync),
+) -> Result<()> {
+    command.stdin(Stdio::piped());
+    let mut running = tools.spawn(Tool::PgRestore, command)?;
+    let Some(mut stdin) = running.child_mut().stdin.take() else {
+        running.kill().await;
+        return Err(Error::ToolIo {
+            tool: "pg_restore",
+            context: "no input pipe to",
+            source: std::io::Error::other("stdin not captured"),
+        });
+    };
+    let fed = repo
+        .read_manifest_file(manifest, &meta.dump_file, &mut stdin, None)
+        .await;
+    match fed {
+        Ok(_) => {
+            let _ = stdin.shutdown().await;
+            drop(stdin);
+            running.finish(scrub).await
+        }
+        Err(warmspare_store::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            drop(stdin);
+            if let Err(tool_error) = running.finish(scrub).await {
+                let mut sink = tokio::io::sink();
+                return match repo
+                    .read_manifest_file(manifest, &meta.dump_file, &mut sink, None)
+                    .await
+                {
+                    Err(corrupt) => Err(corrupt.into()),
+                    Ok(_) => Err(tool_error),
+                };
+            }
+            Ok(())
+        }
+        Err(e) => {
+            running.kill().await;
+            Err(e.into())
+        }
+    }
+}
+
+/// The session settings seen so far (`SET ...`, `set_config(...)`), to be
+/// applied on a loader connection before its next COPY.
+struct Settings {
+    generation: u64,
+    sql: String,
+}
+
+/// One `COPY ... FROM stdin` block of the SQL stream.
+struct CopyTarget {
+    /// The statement, as `pg_restore` wrote it.
+    statement: String,
+    /// The table as written (quoted, qualified), for messages.
+    display: String,
+    /// The table, unquoted; `None` if the statement could not be parsed
+    /// (its rows are then counted with SQL).
+    key: Option<(String, String)>,
+    settings: Arc<Settings>,
+}
+
+/// Rows of one table, whole lines.
+struct Chunk {
+    target: Arc<CopyTarget>,
+    data: Vec<u8>,
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn connect(target: &Target, options: &RestoreOptions) -> Result<PgConnection> {
+    let mut conn = target.connect(options.connect_timeout).await?;
+    // As for pg_restore's sessions: nothing is lost, the swap's
+    // synchronous commit flushes all the WAL before it.
+    sqlx::raw_sql("SET synchronous_commit = off")
+        .execute(&mut conn)
+        .await
+        .map_err(|e| target.sql_error("setting up a loader session", e))?;
+    Ok(conn)
+}
+
+/// Reads the SQL of `pg_restore --section=data --file=-` and applies it:
+/// COPY rows over `jobs` connections, everything else in order on one.
+async fn load_sql(
+    sql: impl AsyncRead + Unpin,
+    target: &Target,
+    options: &RestoreOptions,
+    jobs: usize,
+) -> Result<LoadedRows> {
+    let mut control = connect(target, options).await?;
+    let (tx, rx) = mpsc::channel::<Chunk>(jobs);
+    let rx = Arc::new(Mutex::new(rx));
+    let counts = Arc::new(std::sync::Mutex::new(LoadedRows::new()));
+    let mut workers = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        let conn = connect(target, options).await?;
+        let task = tokio::spawn(worker(
+            conn,
+            Arc::clone(&rx),
+            target.clone(),
+            Arc::clone(&counts),
+        ));
+        workers.push(AbortOnDrop(task));
+    }
+    drop(rx);
+    let dispatched = dispatch(sql, &mut control, target, &tx).await;
+    drop(tx);
+    let mut first_error = None;
+    for task in &mut workers {
+        let result = match (&mut task.0).await {
+            Ok(r) => r,
+            Err(e) => Err(Error::ToolIo {
+                tool: "the loader",
+                context: "a connection's task ended abnormally:",
+                source: std::io::Error::other(e.to_string()),
+            }),
+        };
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    // A connection's error first: the dispatcher then only saw the channel
+    // closed.
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    dispatched?;
+    let _ = control.close().await;
+    let rows = std::mem::take(&mut *counts.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok(rows)
+}
+
+/// Cuts the SQL stream into COPY chunks (to `tx`) and ordered statements
+/// (run on `control`).
+async fn dispatch(
+    sql: impl AsyncRead + Unpin,
+    control: &mut PgConnection,
+    target: &Target,
+    tx: &mpsc::Sender<Chunk>,
+) -> Result<()> {
+    let read_error = |e| Error::ToolIo {
+        tool: "pg_restore",
+        context: "reading the SQL from",
+        source: e,
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, sql);
+    let mut line = Vec::new();
+    let mut pending = String::new();
+    let mut settings = Arc::new(Settings {
+        generation: 0,
+        sql: String::new(),
+    });
+    loop {
+        line.clear();
+        if reader
+            .read_until(b'\n', &mut line)
+            .await
+            .map_err(read_error)?
+            == 0
+        {
+            break;
+        }
+        let text = std::str::from_utf8(&line).map_err(|_| Error::ToolIo {
+            tool: "pg_restore",
+            context: "wrote a statement that is not UTF-8:",
+            source: std::io::Error::other(String::from_utf8_lossy(&line).into_owned()),
+        })?;
+        if let Some(statement) = copy_statement(text) {
+            run_statements(control, target, &mut pending).await?;
+            let (display, key) = parse_copy_table(statement);
+            let copy = Arc::new(CopyTarget {
+                statement: statement.to_owned(),
+                display,
+                key,
+                settings: Arc::clone(&settings),
+            });
+            let mut data = Vec::with_capacity(CHUNK + (64 << 10));
+            let mut sent = false;
+            loop {
+                let start = data.len();
+                if reader
+                    .read_until(b'\n', &mut data)
+                    .await
+                    .map_err(read_error)?
+                    == 0
+                {
+                    return Err(Error::ToolIo {
+                        tool: "pg_restore",
+                        context: "ended its output inside the data of a table:",
+                        source: std::io::Error::other(copy.display.clone()),
+                    });
+                }
+                if &data[start..] == b"\\.\n" {
+                    data.truncate(start);
+                    break;
+                }
+                if data.len() >= CHUNK {
+                    let chunk = Chunk {
+                        target: Arc::clone(&copy),
+                        data: std::mem::replace(&mut data, Vec::with_capacity(CHUNK + (64 << 10))),
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        // A connection failed and closed the channel; its
+                        // error is the one reported.
+                        return Ok(());
+                    }
+                    sent = true;
+                }
+            }
+            // An empty table too gets its COPY: it reports 0 rows.
+            if (!data.is_empty() || !sent) && tx.send(Chunk { target: copy, data }).await.is_err() {
+                return Ok(());
+            }
+            continue;
+        }
+        if text.starts_with('\\') {
+            // psql meta-commands: `\restrict KEY` / `\unrestrict KEY`
+            // guard psql against a malicious dump; meaningless here.
+            if text.starts_with("\\restrict ") || text.starts_with("\\unrestrict ") {
+                continue;
+            }
+            return Err(Error::ToolIo {
+                tool: "pg_restore",
+                context: "wrote a psql meta-command the loader does not know:",
+                source: std::io::Error::other(text.trim_end().to_owned()),
+            });
+        }
+        if text.starts_with("SET ") || text.starts_with("SELECT pg_catalog.set_config(") {
+            let mut sql = settings.sql.clone();
+            sql.push_str(text);
+            settings = Arc::new(Settings {
+                generation: settings.generation + 1,
+                sql,
+            });
+        }
+        pending.push_str(text);
+        if pending.len() >= STATEMENTS && text.trim_end().ends_with(';') {
+            run_statements(control, target, &mut pending).await?;
+        }
+    }
+    run_statements(control, target, &mut pending).await
+}
+
+/// Sends the buffered statements (if any besides comments and blank
+/// lines) as one simple query.
+async fn run_statements(
+    control: &mut PgConnection,
+    target: &Target,
+    pending: &mut String,
+) -> Result<()> {
+    let meaningful = pending.lines().any(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with("--")
+    });
+    if meaningful {
+        let sql = std::mem::take(pending);
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&mut *control)
+            .await
+            .map_err(|e| target.sql_error("running the data section's statements", e))?;
+    }
+    pending.clear();
+    Ok(())
+}
+
+/// One loader connection: COPYs chunks until the channel ends.
+async fn worker(
+    mut conn: PgConnection,
+    rx: Arc<Mutex<mpsc::Receiver<Chunk>>>,
+    target: Target,
+    counts: Arc<std::sync::Mutex<LoadedRows>>,
+) -> Result<()> {
+    let recv = || async { rx.lock().await.recv().await };
+    let mut applied = 0;
+    let mut next = recv().await;
+    while let Some(first) = next.take() {
+        let copy = Arc::clone(&first.target);
+        let result: Result<u64, sqlx::Error> = async {
+            if copy.settings.generation != applied {
+                sqlx::raw_sql(AssertSqlSafe(copy.settings.sql.clone()))
+                    .execute(&mut conn)
+                    .await?;
+                applied = copy.settings.generation;
+            }
+            let mut copying = conn.copy_in_raw(&copy.statement).await?;
+            copying.send(first.data).await?;
+            loop {
+                match recv().await {
+                    Some(chunk) if Arc::ptr_eq(&chunk.target, &copy) => {
+                        copying.send(chunk.data).await?;
+                    }
+                    other => {
+                        next = other;
+                        break;
+                    }
+                }
+            }
+            copying.finish().await
+        }
+        .await;
+        match result {
+            Ok(rows) => {
+                if let Some(key) = &copy.key {
+                    let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                    *counts.entry(key.clone()).or_default() += rows;
+                }
+            }
+            Err(e) => {
+                // Stop the dispatcher: no more chunks for anyone.
+                rx.lock().await.close();
+                return Err(target.sql_error(format!("loading table {}", copy.display), e));
+            }
+        }
+    }
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// `COPY ... FROM stdin;` (without the line end) if `line` starts a COPY
+/// block.
+fn copy_statement(line: &str) -> Option<&str> {
+    let statement = line.strip_suffix('\n')?;
+    (statement.starts_with("COPY ") && statement.ends_with(" FROM stdin;")).then_some(statement)
+}
+
+/// The table of `COPY schema.table (cols) FROM stdin;`: as written, and
+/// unquoted (`None` if it cannot be parsed).
+fn parse_copy_table(statement: &str) -> (String, Option<(String, String)>) {
+    let rest = statement.strip_prefix("COPY ").unwrap_or(statement);
+    let parsed = (|| {
+        let (schema, rest) = parse_ident(rest)?;
+        let rest = rest.strip_prefix('.')?;
+        let (table, rest) = parse_ident(rest)?;
+        Some((schema, table, rest))
+    })();
+    match parsed {
+        Some((schema, table, after)) => {
+            let display = rest[..rest.len() - after.len()].to_owned();
+            (display, Some((schema, table)))
+        }
+        None => {
+            let display = rest.split(" (").next().unwrap_or(rest).to_owned();
+            (display, None)
+        }
+    }
+}
+
+/// One identifier as `pg_dump` writes it: `"quoted ""like"" this"` or
+/// plain (lower case letters, digits, `_`, `$`, non-ASCII).
+fn parse_ident(text: &str) -> Option<(String, &str)> {
+    if let Some(quoted) = text.strip_prefix('"') {
+        let mut name = String::new();
+        let mut chars = quoted.char_indices();
+        while let Some((i, c)) = chars.next() {
+            if c == '"' {
+                if quoted[i + 1..].starts_with('"') {
+                    name.push('"');
+                    chars.next();
+                } else {
+                    return Some((name, &quoted[i + 1..]));
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        None
+    } else {
+        let end = text
+            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+            .unwrap_or(text.len());
+        (end > 0).then(|| (text[..end].to_owned(), &text[end..]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_statements_are_recognised() {
+        assert_eq!(
+            copy_statement("COPY public.t (a, b) FROM stdin;\n"),
+            Some("COPY public.t (a, b) FROM stdin;")
+        );
+        assert_eq!(copy_statement("COPY public.t (a, b) FROM stdin;"), None);
+        assert_eq!(copy_statement("SELECT 1;\n"), None);
+    }
+
+    #[test]
+    fn copy_tables_are_unquoted() {
+        let (display, key) = parse_copy_table("COPY public.pgbench_accounts (aid) FROM stdin;");
+        assert_eq!(display, "public.pgbench_accounts");
+        assert_eq!(key, Some(("public".into(), "pgbench_accounts".into())));
+        let (display, key) = parse_copy_table(r#"COPY "Odd ""Schema"".x".t_1$ (a) FROM stdin;"#);
+        assert_eq!(display, r#""Odd ""Schema"".x".t_1$"#);
+        assert_eq!(key, Some((r#"Odd "Schema".x"#.into(), "t_1$".into())));
+        let (_, key) = parse_copy_table(r#"COPY sch."Table" FROM stdin;"#);
+        assert_eq!(key, Some(("sch".into(), "Table".into())));
+        let (_, key) = parse_copy_table(r#"COPY "unterminated (a) FROM stdin;"#);
+        assert_eq!(key, None);
+    }
+}
