@@ -1,4 +1,5 @@
-//! moto's standalone server (`moto_server -H 127.0.0.1 -p PORT`).
+//! moto's standalone server (`scripts/moto-server.py` or `moto_server`,
+//! `-H 127.0.0.1 -p PORT`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,23 +12,54 @@ use warmspare_pgcluster::Watchdog;
 const ATTEMPTS: usize = 5;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// `$WARMSPARE_MOTO`, then `<workspace>/.venv/bin/moto_server`, then `PATH`.
-pub(super) fn find() -> Result<PathBuf> {
+/// How moto is started: a program and the arguments before `-H ... -p ...`.
+pub(super) struct Launcher {
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl Launcher {
+    fn display(&self) -> String {
+        std::iter::once(self.program.display().to_string())
+            .chain(self.args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `$WARMSPARE_MOTO`; then the workspace's `scripts/moto-server.py` under
+/// `<workspace>/.venv/bin/python` (moto with conditional writes made
+/// atomic: plain moto checks `If-Match` and writes in two steps, so two
+/// concurrent compare-and-swaps can both win); then
+/// `<workspace>/.venv/bin/moto_server`, then `PATH`.
+pub(super) fn find() -> Result<Launcher> {
+    let raw = |program: PathBuf| Launcher {
+        program,
+        args: Vec::new(),
+    };
     let mut looked = Vec::new();
     if let Some(path) = std::env::var_os(MOTO_ENV) {
         let path = PathBuf::from(path);
         if sys::is_executable(&path) {
-            return Ok(path);
+            return Ok(raw(path));
         }
         looked.push(path);
     }
+    let python = workspace_venv_bin().join("python");
+    let script = workspace_venv_bin().join("../../scripts/moto-server.py");
+    if sys::is_executable(&python) && script.is_file() {
+        return Ok(Launcher {
+            program: python,
+            args: vec![script.display().to_string()],
+        });
+    }
     let venv = workspace_venv_bin().join("moto_server");
     if sys::is_executable(&venv) {
-        return Ok(venv);
+        return Ok(raw(venv));
     }
     looked.push(venv);
     if let Some(path) = sys::which("moto_server") {
-        return Ok(path);
+        return Ok(raw(path));
     }
     looked.push(PathBuf::from("moto_server on PATH"));
     Err(Error::NotInstalled {
@@ -39,20 +71,23 @@ pub(super) fn find() -> Result<PathBuf> {
 }
 
 pub(super) async fn start() -> Result<S3Server> {
-    let program = find()?;
+    let launcher = find()?;
     let dir = sys::temp_dir("moto-")?;
     let log = dir.path().join("moto.log");
     for _ in 0..ATTEMPTS {
         let port = sys::free_port()?;
         let addr = format!("127.0.0.1:{port}");
-        let args = [
+        let mut args = vec![
             dir.path().display().to_string(),
-            program.display().to_string(),
+            launcher.program.display().to_string(),
+        ];
+        args.extend(launcher.args.iter().cloned());
+        args.extend([
             "-H".into(),
             "127.0.0.1".into(),
             "-p".into(),
             port.to_string(),
-        ];
+        ]);
         let mut watchdog = Watchdog::spawn(SERVER_WATCHDOG, &args, Some(&log))?;
         match wait_http_ready(&addr, &mut watchdog, READY_TIMEOUT).await {
             Ok(()) => {
@@ -67,7 +102,7 @@ pub(super) async fn start() -> Result<S3Server> {
             }
             Err(WaitError::Exited) => {
                 return Err(Error::Command {
-                    what: format!("{} -p {port}", program.display()),
+                    what: format!("{} -p {port}", launcher.display()),
                     detail: format!("exited early; log:\n{}", sys::tail(&log, 30)),
                 });
             }
