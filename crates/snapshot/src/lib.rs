@@ -171,8 +171,8 @@ pub use event::{
 pub use logical::{
     DEFAULT_CONNECT_TIMEOUT, DUMP_DIR, DUMP_FILE, DeepVerifyReport, GLOBALS_FILE, GlobalsReport,
     LOGICAL_DIRECTORY_FORMAT, LOGICAL_FORMAT, LogicalBackup, LogicalBackupOptions, LogicalMeta,
-    RecordedOptions, RestoreOptions,
-    RestoreReport, TableRows, ToolVersions, backup_logical, restore_logical, verify_deep,
+    RecordedOptions, RestoreOptions, RestoreReport, TableRows, ToolVersions, backup_logical,
+    restore_logical, verify_deep,
 };
 pub use logical::{PREVIOUS_SUFFIX, STAGING_SUFFIX};
 pub use physical::{
