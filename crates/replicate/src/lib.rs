@@ -6,7 +6,9 @@
 //! # Main items
 //!
 //! * [`sync()`] with [`SyncOptions`] → [`SyncReport`], progress as
-//!   [`SyncEvent`]s: the mirror (`warmspare sync`).
+//!   [`SyncEvent`]s: the mirror (`warmspare sync`); [`sync_endpoints`]
+//!   with [`Endpoint::local`] reads and writes `file://` directories
+//!   directly.
 //! * [`backup_artifacts`] → [`ArtifactBackup`] holding an [`Inventory`]
 //!   (`warmspare backup artifacts`); [`restore_artifacts`] writes one
 //!   inventory's state into a store (`warmspare restore artifacts`);
@@ -74,6 +76,11 @@
 //!   through SHA-256 into a single PUT or a multipart upload that is
 //!   completed only after the size, the source's version and any known
 //!   digest were checked ([`SourceVerify`]).
+//! * **Nothing is recorded as copied that a crash could lose.** A
+//!   `file://` target ([`Endpoint::local`]) is written without an `fsync`
+//!   per object and made durable once (`syncfs`) before the state record
+//!   or a checkpoint names the copies; checkpoints spare a killed run from
+//!   reading again what it copied; an unchanged state is not rewritten.
 //! * **Deletions are guarded**: only with `delete`, only after every copy
 //!   succeeded and the listings completed, never for an empty source
 //!   listing against a non-empty target, and within `max_delete` (1000)
@@ -116,6 +123,7 @@ mod reconcile;
 mod record;
 mod recorder;
 mod recovery;
+mod report;
 mod restore;
 pub mod state;
 pub mod sync;

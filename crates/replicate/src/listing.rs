@@ -28,6 +28,7 @@ use object_store::{ObjectMeta, ObjectStore};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Side};
+use crate::transfer::Task;
 
 /// The reserved top-level prefix: warmspare's own records in a store (the
 /// mirror's state). Never listed, copied or deleted as an artifact.
@@ -88,7 +89,7 @@ pub fn sorted_listing(
 
 /// Drops reserved keys and fails on a key that does not come strictly
 /// after the previous one; ends after the first error.
-fn checked(
+pub(crate) fn checked(
     raw: BoxStream<'static, Result<ObjectMeta>>,
     side: Side,
 ) -> BoxStream<'static, Result<ObjectMeta>> {
@@ -116,13 +117,51 @@ fn checked(
                             };
                             return Some((Err(err), (raw, previous, true)));
                         }
-                        previous = Some(key.to_string());
+                        match &mut previous {
+                            // Reuse the buffer: one allocation per listing.
+                            Some(p) => {
+                                p.clear();
+                                p.push_str(key);
+                            }
+                            None => previous = Some(key.to_string()),
+                        }
                         return Some((Ok(meta), (raw, previous, false)));
                     }
                 }
             }
         },
     )
+    .boxed()
+}
+
+/// Objects per batch handed from a listing task to the merge.
+const AHEAD_BATCH: usize = 512;
+/// Batches buffered ahead of the merge.
+const AHEAD_BATCHES: usize = 4;
+
+/// Runs `listing` (or any stream) on its own task, up to a few batches
+/// ahead of the consumer, so that two listings (and their requests, or the
+/// decoding of the state record) proceed at once.
+/// The task stops when the returned stream is dropped.
+pub(crate) fn ahead<T: Send + 'static>(
+    listing: BoxStream<'static, Result<T>>,
+) -> BoxStream<'static, Result<T>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Result<T>>>(AHEAD_BATCHES);
+    // Started at once: the first requests overlap whatever the caller does
+    // before it polls (opening the state record).
+    let task = Task::spawn(async move {
+        let mut batches = listing.ready_chunks(AHEAD_BATCH);
+        while let Some(batch) = batches.next().await {
+            if tx.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    stream::unfold((rx, task), |(mut rx, task)| async move {
+        let batch = rx.recv().await?;
+        Some((stream::iter(batch), (rx, task)))
+    })
+    .flatten()
     .boxed()
 }
 

@@ -106,18 +106,39 @@ where
     T: KeyOf + Send + Sync + 'static,
     R: Keyed + Send + Sync + 'static,
 {
+    attach_tracked(items, records, on_record_error, Box::new(|_| {}))
+}
+
+/// [`attach`], also calling `on_dropped` with the key of each record that
+/// no item takes (including those after the last item).
+pub(crate) fn attach_tracked<T, R>(
+    items: BoxStream<'static, Result<T>>,
+    records: BoxStream<'static, Result<R>>,
+    on_record_error: Box<dyn Fn(crate::Error) + Send + Sync>,
+    on_dropped: Box<dyn Fn(&str) + Send + Sync>,
+) -> BoxStream<'static, Result<(T, Option<R>)>>
+where
+    T: KeyOf + Send + Sync + 'static,
+    R: Keyed + Send + Sync + 'static,
+{
     let state = (
         items,
         Box::pin(records.peekable()) as Peek<R>,
-        on_record_error,
+        (on_record_error, on_dropped),
         false,
     );
     stream::unfold(
         state,
-        |(mut items, mut records, on_err, mut records_broken)| async move {
-            let item = match items.next().await? {
-                Ok(item) => item,
-                Err(e) => return Some((Err(e), (items, records, on_err, records_broken))),
+        |(mut items, mut records, calls, mut records_broken)| async move {
+            let item = match items.next().await {
+                Some(Ok(item)) => item,
+                Some(Err(e)) => return Some((Err(e), (items, records, calls, records_broken))),
+                None => {
+                    if !records_broken && let Some(Ok(r)) = records.as_mut().peek().await {
+                        (calls.1)(r.key());
+                    }
+                    return None;
+                }
             };
             let mut found = None;
             while !records_broken {
@@ -129,12 +150,14 @@ where
                 match order {
                     None => {
                         if let Some(Err(e)) = records.next().await {
-                            on_err(e);
+                            (calls.0)(e);
                         }
                         records_broken = true;
                     }
                     Some(Ordering::Less) => {
-                        records.next().await;
+                        if let Some(Ok(r)) = records.next().await {
+                            (calls.1)(r.key());
+                        }
                     }
                     Some(Ordering::Equal) => {
                         if let Some(Ok(r)) = records.next().await {
@@ -145,7 +168,7 @@ where
                     Some(Ordering::Greater) => break,
                 }
             }
-            Some((Ok((item, found)), (items, records, on_err, records_broken)))
+            Some((Ok((item, found)), (items, records, calls, records_broken)))
         },
     )
     .boxed()
@@ -224,7 +247,29 @@ mod tests {
             records in proptest::collection::btree_set(key_strategy(), 0..30),
         ) {
             let merged = merge_sorted(keys(&left), keys(&right));
-            let joined = run(attach(merged, keys(&records), Box::new(|_| {}))).unwrap();
+            let dropped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = std::sync::Arc::clone(&dropped);
+            let joined = run(attach_tracked(
+                merged,
+                keys(&records),
+                Box::new(|_| {}),
+                Box::new(move |k| seen.lock().unwrap().push(k.to_string())),
+            ))
+            .unwrap();
+            let items: BTreeSet<String> = left.union(&right).cloned().collect();
+            let unused: Vec<String> = records.difference(&items).cloned().collect();
+            let dropped = dropped.lock().unwrap().clone();
+            // Every record no item takes is reported, in order; after the
+            // last item only the first such record is.
+            let last = items.iter().next_back();
+            let before_last: Vec<String> = unused
+                .iter()
+                .filter(|k| last.is_some_and(|l| *k < l))
+                .cloned()
+                .collect();
+            prop_assert_eq!(&dropped[..before_last.len()], &before_last[..]);
+            let after: Vec<&String> = unused.iter().filter(|k| last.is_none_or(|l| *k > l)).collect();
+            prop_assert_eq!(dropped.len(), before_last.len() + usize::from(!after.is_empty()));
             prop_assert_eq!(joined.len(), left.union(&right).count());
             for (pair, record) in joined {
                 let expected = records.contains(pair.key()).then(|| pair.key().to_string());

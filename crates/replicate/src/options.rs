@@ -18,6 +18,8 @@ pub const DEFAULT_RETRIES: u32 = 3;
 pub const DEFAULT_PART_SIZE: usize = 8 * 1024 * 1024;
 /// Default bound on the bytes held in upload buffers by all workers.
 pub const DEFAULT_BUFFER_MEMORY: usize = 32 * 1024 * 1024;
+/// Default number of objects established between two checkpoints.
+pub const DEFAULT_CHECKPOINT_OBJECTS: u64 = 10_000;
 
 /// How much a copy trusts a single read of the source.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -84,6 +86,10 @@ pub struct SyncOptions {
     /// another identity are not trusted (costs hashing, never a wrong
     /// skip).
     pub source_id: Option<String>,
+    /// A checkpoint is written after this many objects were copied (or
+    /// hashed), and at least every 30 seconds while some wait, so that an
+    /// interrupted run does not read them again; 0 disables checkpoints.
+    pub checkpoint_objects: u64,
 }
 
 impl Default for SyncOptions {
@@ -103,6 +109,7 @@ impl Default for SyncOptions {
             rehash: false,
             list_order: ListOrder::Auto,
             source_id: None,
+            checkpoint_objects: DEFAULT_CHECKPOINT_OBJECTS,
         }
     }
 }
@@ -183,6 +190,12 @@ impl SyncOptions {
     /// Sets the listing strategy.
     pub fn with_list_order(mut self, order: ListOrder) -> Self {
         self.list_order = order;
+        self
+    }
+
+    /// Sets the number of objects between two checkpoints (0: none).
+    pub fn with_checkpoint_objects(mut self, n: u64) -> Self {
+        self.checkpoint_objects = n;
         self
     }
 

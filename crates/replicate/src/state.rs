@@ -22,7 +22,10 @@
 //! The record is read in 1 MiB ranges (each a separate request, pinned to
 //! one version with `If-Match`) and decoded as the merge consumes it, and
 //! written as a streaming upload that replaces the old one atomically at
-//! the end of the run: memory does not grow with the number of objects.
+//! the end of the run (only when it changed, module `recorder`): memory
+//! does not grow with the number of objects. Checkpoints of a run
+//! (module `journal`) are records of the same format; the header's
+//! `"journal"` names the last run whose checkpoints the record includes.
 
 use std::io;
 use std::pin::Pin;
@@ -105,8 +108,13 @@ impl Token {
 }
 
 /// An ETag without quotes and weak marker.
-pub(crate) fn normalize_etag(e: &str) -> &str {
-    e.trim_start_matches("W/").trim_matches('"')
+pub(crate) fn normalize_etag(mut e: &str) -> &str {
+    // `strip_prefix` rather than `trim_start_matches`: this runs for every
+    // key of a pass, and a substring search costs more than the compare.
+    while let Some(rest) = e.strip_prefix("W/") {
+        e = rest;
+    }
+    e.trim_matches('"')
 }
 
 /// Whether two metas of the same store describe the same version: same
@@ -156,12 +164,27 @@ impl StateEntry {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Header {
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Header {
     format: String,
     version: u32,
     #[serde(default)]
-    source: Option<String>,
+    pub(crate) source: Option<String>,
+    /// The last run whose checkpoints (module `journal`) this record
+    /// includes; older checkpoints are ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) journal: Option<u64>,
+}
+
+impl Header {
+    pub(crate) fn new(source: Option<String>, journal: Option<u64>) -> Self {
+        Self {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            source,
+            journal,
+        }
+    }
 }
 
 /// A state record being read.
@@ -170,18 +193,43 @@ pub(crate) struct StateReader {
     pub(crate) source: Option<String>,
     /// The entries, in key order; an error ends them.
     pub(crate) entries: BoxStream<'static, Result<StateEntry>>,
+    /// The last run whose checkpoints exist or were folded into the record
+    /// (0 for none).
+    pub(crate) last_run: u64,
+    /// Whether checkpoints newer than the record were found.
+    pub(crate) overlaid: bool,
 }
 
-fn state_error(reason: impl Into<String>) -> Error {
+fn corrupt(path: &str, reason: impl Into<String>) -> Error {
     Error::Corrupt {
-        path: STATE_PATH.to_string(),
+        path: path.to_string(),
         reason: reason.into(),
     }
 }
 
-/// Opens the state of `target`; `Ok(None)` when there is none.
+/// Opens the state of `target`, with the checkpoints of interrupted runs
+/// laid over it (module `journal`); `Ok(None)` when there is none.
 pub(crate) async fn open(target: &Arc<dyn ObjectStore>) -> Result<Option<StateReader>> {
-    let path = Path::from(STATE_PATH);
+    // Two requests at once: the record's first range and the checkpoints.
+    let (base, listed) = futures::join!(
+        open_record(target, STATE_PATH),
+        crate::journal::segments(target)
+    );
+    let listed = listed.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "ignoring the sync checkpoints");
+        Vec::new()
+    });
+    crate::journal::overlay(target, base?, listed).await
+}
+
+/// Opens one record (the state, or a checkpoint segment): its header and
+/// its entries; `Ok(None)` when it does not exist.
+pub(crate) async fn open_record(
+    target: &Arc<dyn ObjectStore>,
+    path: &str,
+) -> Result<Option<(Header, BoxStream<'static, Result<StateEntry>>)>> {
+    let name = path.to_string();
+    let path = Path::from(path);
     let first = match target
         .get_opts(
             &path,
@@ -194,59 +242,77 @@ pub(crate) async fn open(target: &Arc<dyn ObjectStore>) -> Result<Option<StateRe
     {
         Ok(r) => r,
         Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(source) => return Err(Error::object(Side::Target, STATE_PATH, "reading", source)),
+        Err(source) => return Err(Error::object(Side::Target, name, "reading", source)),
     };
     let size = first.meta.size;
     let e_tag = first.meta.e_tag.clone();
     let head = first
         .bytes()
         .await
-        .map_err(|source| Error::object(Side::Target, STATE_PATH, "reading", source))?;
+        .map_err(|source| Error::object(Side::Target, name.clone(), "reading", source))?;
     let chunks = ranged_chunks(Arc::clone(target), path, head, size, e_tag);
     let decoder = ZstdDecoder::new(ChunkReader::new(chunks));
-    let mut lines = tokio::io::BufReader::new(decoder).lines();
-    let header_line = lines
-        .next_line()
+    let mut reader = tokio::io::BufReader::with_capacity(256 * 1024, decoder);
+    let mut line = Vec::with_capacity(512);
+    let header_line = read_line(&mut reader, &mut line)
         .await
-        .map_err(|e| state_error(e.to_string()))?
-        .ok_or_else(|| state_error("empty"))?;
+        .map_err(|e| corrupt(&name, e.to_string()))?
+        .ok_or_else(|| corrupt(&name, "empty"))?;
     let header: Header =
-        serde_json::from_str(&header_line).map_err(|e| state_error(e.to_string()))?;
+        serde_json::from_slice(header_line).map_err(|e| corrupt(&name, e.to_string()))?;
     if header.format != FORMAT || header.version != VERSION {
-        return Err(state_error(format!(
-            "format {} version {} is not {FORMAT} version {VERSION}",
-            header.format, header.version
-        )));
+        return Err(corrupt(
+            &name,
+            format!(
+                "format {} version {} is not {FORMAT} version {VERSION}",
+                header.format, header.version
+            ),
+        ));
     }
+    // The line buffer and the previous key are reused from entry to entry.
+    let state = (reader, line, String::new(), false, name);
     let entries = stream::unfold(
-        (lines, None::<String>, false),
-        |(mut lines, previous, done)| async move {
+        state,
+        |(mut reader, mut line, mut previous, done, name)| async move {
             if done {
                 return None;
             }
-            let line = match lines.next_line().await {
-                Ok(Some(line)) => line,
+            let parsed = match read_line(&mut reader, &mut line).await {
+                Ok(Some(bytes)) => serde_json::from_slice::<StateEntry>(bytes)
+                    .map_err(|e| corrupt(&name, e.to_string())),
                 Ok(None) => return None,
-                Err(e) => return Some((Err(state_error(e.to_string())), (lines, previous, true))),
+                Err(e) => Err(corrupt(&name, e.to_string())),
             };
-            match serde_json::from_str::<StateEntry>(&line) {
-                Ok(entry) if previous.as_deref().is_none_or(|p| p < entry.key.as_str()) => {
-                    let key = entry.key.clone();
-                    Some((Ok(entry), (lines, Some(key), false)))
+            let checked = parsed.and_then(|entry| {
+                if !previous.is_empty() && previous.as_str() >= entry.key.as_str() {
+                    return Err(corrupt(&name, format!("entry {} out of order", entry.key)));
                 }
-                Ok(entry) => Some((
-                    Err(state_error(format!("entry {} out of order", entry.key))),
-                    (lines, previous, true),
-                )),
-                Err(e) => Some((Err(state_error(e.to_string())), (lines, previous, true))),
-            }
+                previous.clear();
+                previous.push_str(&entry.key);
+                Ok(entry)
+            });
+            let done = checked.is_err();
+            Some((checked, (reader, line, previous, done, name)))
         },
     )
     .boxed();
-    Ok(Some(StateReader {
-        source: header.source,
-        entries,
-    }))
+    Ok(Some((header, entries)))
+}
+
+/// The next line of `reader` without its newline, in `buf`; `None` at the
+/// end.
+async fn read_line<'b, R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    buf: &'b mut Vec<u8>,
+) -> io::Result<Option<&'b [u8]>> {
+    buf.clear();
+    if reader.read_until(b'\n', buf).await? == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Ok(Some(&buf[..]))
 }
 
 /// The bytes of the state object: the first chunk already read, then the
@@ -342,10 +408,16 @@ impl AsyncBufRead for ChunkReader {
 /// [`StateWriter::finish`], leaves it untouched on [`StateWriter::abort`].
 pub(crate) struct StateWriter {
     encoder: ZstdEncoder<BufWriter>,
-    line: Vec<u8>,
+    /// Lines not yet handed to the encoder: zstd compresses large inputs
+    /// much faster than one line at a time.
+    pending: Vec<u8>,
+    path: String,
 }
 
-fn write_error(e: io::Error) -> Error {
+/// Lines are handed to the encoder in blocks of this size.
+const PENDING: usize = 128 * 1024;
+
+fn write_error(path: &str, e: io::Error) -> Error {
     let source = match e.downcast::<object_store::Error>() {
         Ok(inner) => inner,
         Err(e) => object_store::Error::Generic {
@@ -353,37 +425,43 @@ fn write_error(e: io::Error) -> Error {
             source: Box::new(e),
         },
     };
-    Error::object(Side::Target, STATE_PATH, "writing", source)
+    Error::object(Side::Target, path, "writing", source)
 }
 
 impl StateWriter {
-    pub(crate) async fn create(
+    /// A record at `path` (the state, or a checkpoint segment).
+    pub(crate) async fn create_at(
         target: &Arc<dyn ObjectStore>,
-        source: Option<String>,
+        path: &str,
+        header: Header,
     ) -> Result<Self> {
-        let upload =
-            BufWriter::with_capacity(Arc::clone(target), Path::from(STATE_PATH), UPLOAD_BUFFER);
+        let upload = BufWriter::with_capacity(Arc::clone(target), Path::from(path), UPLOAD_BUFFER);
         let mut writer = Self {
             encoder: ZstdEncoder::new(upload),
-            line: Vec::with_capacity(256),
-        };
-        let header = Header {
-            format: FORMAT.to_string(),
-            version: VERSION,
-            source,
+            pending: Vec::with_capacity(PENDING + 1024),
+            path: path.to_string(),
         };
         writer.write_json(&header).await?;
         Ok(writer)
     }
 
     async fn write_json<T: Serialize>(&mut self, value: &T) -> Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, value).map_err(|e| state_error(e.to_string()))?;
-        self.line.push(b'\n');
+        serde_json::to_writer(&mut self.pending, value)
+            .map_err(|e| corrupt(&self.path, e.to_string()))?;
+        self.pending.push(b'\n');
+        if self.pending.len() >= PENDING {
+            self.flush_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_pending(&mut self) -> Result<()> {
         self.encoder
-            .write_all(&self.line)
+            .write_all(&self.pending)
             .await
-            .map_err(write_error)
+            .map_err(|e| write_error(&self.path, e))?;
+        self.pending.clear();
+        Ok(())
     }
 
     /// Appends an entry; entries must come in key order.
@@ -393,7 +471,11 @@ impl StateWriter {
 
     /// Completes the upload: the new record replaces the old one.
     pub(crate) async fn finish(mut self) -> Result<()> {
-        self.encoder.shutdown().await.map_err(write_error)
+        self.flush_pending().await?;
+        self.encoder
+            .shutdown()
+            .await
+            .map_err(|e| write_error(&self.path, e))
     }
 
     /// Drops the new record; the old one stays.
@@ -432,7 +514,8 @@ mod tests {
         assert!(open(&store).await.unwrap().is_none());
         // Random-looking hashes compress poorly: the record spans ranges.
         let n = 60_000;
-        let mut w = StateWriter::create(&store, Some("src".into()))
+        let header = Header::new(Some("src".into()), None);
+        let mut w = StateWriter::create_at(&store, STATE_PATH, header)
             .await
             .unwrap();
         for i in 0..n {

@@ -3,9 +3,10 @@
 //!
 //! # How one run goes
 //!
-//! 1. Both stores are listed in key order ([`crate::listing`]) and merged
-//!    with the target's state record ([`crate::state`]); each key gets a
-//!    plan from a pure function:
+//! 1. Both stores are listed in key order, each on its own task a few
+//!    batches ahead ([`crate::listing`]; a `file://` [`Endpoint::local`]
+//!    directory is walked directly), and merged with the target's state
+//!    record ([`crate::state`]); each key gets a plan from a pure function:
 //!    * only on the source, or sizes differ: **copy**;
 //!    * on both, and the state says the target holds the bytes of the
 //!      source version listed now: **skip** without reading anything;
@@ -16,18 +17,24 @@
 //! 2. Copies and comparisons run on up to `concurrency` workers, each
 //!    retried on retryable errors; outcomes come back in key order (a
 //!    bounded window) so that the new state record streams out sorted.
-//! 3. The state record is completed (atomically replacing the old one).
+//!    What the run establishes is checkpointed every `checkpoint_objects`
+//!    objects (module `journal`), so that a killed run does not read it
+//!    again.
+//! 3. The state record is completed (atomically replacing the old one),
+//!    unless it did not change: a no-change pass writes nothing
+//!    (module `recorder`). On a directory target the copies are made
+//!    durable first, once per checkpoint (`syncfs`), not per object.
 //! 4. Deletions, only when asked, only after every copy succeeded, and only
-//!    within the guards ([`DeleteRefusal`]).
+//!    within the guards ([`crate::DeleteRefusal`]).
 //!
-//! Memory: the two listings (one page, or the directories on the current
-//! path), the state reader (one 1 MiB range), the window of
-//! `16 × concurrency` pending keys, upload buffers within `buffer_memory`,
-//! and at most `max_delete` deletion candidates (100,000 with `force`;
-//! further candidates are left for the next run).
+//! Memory: the two listings (a few batches of 512, plus one page or the
+//! directories on the current path), the state reader (one 1 MiB range),
+//! the window of `16 × concurrency` pending keys, copy and upload buffers
+//! within `buffer_memory`, and at most `max_delete` deletion candidates
+//! (100,000 with `force`; further candidates are left for the next run).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -37,130 +44,22 @@ use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::sync::Semaphore;
 
+pub use crate::endpoint::Endpoint;
 use crate::error::{Error, Result, Side};
-use crate::guard::{self, DeleteRefusal, Limits};
+use crate::guard::{self, Limits};
 use crate::limit::{Budget, RateLimiter};
-use crate::listing::sorted_listing;
+use crate::listing::ahead;
+use crate::local::LocalDir;
 use crate::merge::{self, Pair};
 use crate::options::SyncOptions;
-use crate::state::{self, StateEntry, StateWriter, Token};
-use crate::transfer::{Attempts, CopyRequest, Mover, Task};
+use crate::recorder::{Changes, Recorder};
+pub use crate::report::{ProgressFn, SyncEvent, SyncReport};
+use crate::state::{self, StateEntry, Token};
+use crate::transfer::{Attempts, Mover, PartPool, Task};
 
 /// Deletion candidates kept with `force` (the rest wait for the next run).
 const FORCE_DELETE_BATCH: u64 = 100_000;
-/// Errors kept in a report (all are counted).
-pub(crate) const MAX_REPORTED_ERRORS: usize = 100;
-
-/// Progress of a run, in the order things happen for each key.
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum SyncEvent<'a> {
-    /// A source object was listed.
-    Listed {
-        /// Its key.
-        key: &'a str,
-        /// Its size.
-        size: u64,
-    },
-    /// An object was copied (or would be, in a dry run).
-    Copied {
-        /// Its key.
-        key: &'a str,
-        /// Its size.
-        size: u64,
-    },
-    /// An object was already up to date.
-    Skipped {
-        /// Its key.
-        key: &'a str,
-    },
-    /// An object exists only on the target (a deletion candidate; deleted
-    /// later only with `delete`).
-    Extra {
-        /// Its key.
-        key: &'a str,
-    },
-    /// A target object was deleted (or would be, in a dry run).
-    Deleted {
-        /// Its key.
-        key: &'a str,
-    },
-    /// Body bytes written to the target since the last event.
-    Bytes(u64),
-    /// An attempt failed and will be retried.
-    Retrying {
-        /// The object's key.
-        key: &'a str,
-        /// The attempt that failed (1 for the first).
-        attempt: u32,
-        /// Why.
-        error: &'a Error,
-    },
-    /// An object failed for good in this run.
-    Failed {
-        /// The object's key.
-        key: &'a str,
-        /// Why.
-        error: &'a Error,
-    },
-}
-
-/// A progress callback shared by the workers of a run.
-pub type ProgressFn = Arc<dyn Fn(&SyncEvent<'_>) + Send + Sync>;
-
-/// What a run did.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct SyncReport {
-    /// Objects listed on the source.
-    pub listed: u64,
-    /// Objects listed on the target (before the run).
-    pub target_listed: u64,
-    /// Objects copied (planned, in a dry run).
-    pub copied: u64,
-    /// Objects already up to date.
-    pub skipped: u64,
-    /// Objects deleted from the target (planned, in a dry run).
-    pub deleted: u64,
-    /// Objects only on the target (deletion candidates).
-    pub extra: u64,
-    /// Objects whose bodies were read to compare digests.
-    pub hashed: u64,
-    /// Objects that disappeared from the source during the run.
-    pub vanished: u64,
-    /// Bytes copied (planned, in a dry run).
-    pub bytes: u64,
-    /// Body bytes read from either store (copies and comparisons).
-    pub bytes_read: u64,
-    /// Attempts that failed and were retried.
-    pub retries: u64,
-    /// Objects that failed for good.
-    pub failed: u64,
-    /// Wall time of the run.
-    pub seconds: f64,
-    /// The first errors (at most 100; `failed` counts them all), each
-    /// naming its object.
-    pub errors: Vec<Error>,
-    /// Why deletions were not done, when they were not.
-    pub delete_refused: Option<DeleteRefusal>,
-    /// Deletion candidates left for a later run (beyond the batch kept).
-    pub delete_deferred: u64,
-    /// Whether this was a dry run.
-    pub dry_run: bool,
-}
-
-impl SyncReport {
-    /// Whether everything that was asked for was done.
-    pub fn is_success(&self) -> bool {
-        self.failed == 0 && self.errors.is_empty() && self.delete_refused.is_none()
-    }
-
-    fn push_error(&mut self, error: Error) {
-        if self.errors.len() < MAX_REPORTED_ERRORS {
-            self.errors.push(error);
-        }
-    }
-}
+pub(crate) use crate::report::MAX_REPORTED_ERRORS;
 
 /// What to do with one key (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
@@ -221,7 +120,14 @@ pub(crate) enum Outcome {
         key: String,
         entry: StateEntry,
     },
+    /// Up to date, established by hashing (recorded at the next
+    /// checkpoint).
+    Verified {
+        key: String,
+        entry: StateEntry,
+    },
     Vanished {
+        key: String,
         keep: Option<StateEntry>,
     },
     Failed {
@@ -245,6 +151,22 @@ pub(crate) struct Ctx {
     pub(crate) hashed: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) retries: AtomicU64,
+    /// The source's directory, when it is read directly.
+    pub(crate) source_dir: Option<LocalDir>,
+    /// The target's directory, when it is written directly.
+    pub(crate) target_dir: Option<LocalDir>,
+    /// Whether files were written to `target_dir` since it was last made
+    /// durable.
+    pub(crate) target_dirty: AtomicBool,
+    /// Bytes copied into `target_dir` since the last background writeback.
+    pub(crate) unflushed: AtomicU64,
+    /// Whether a background writeback runs.
+    pub(crate) flushing: Arc<AtomicBool>,
+    /// The newest checkpointed run the state reader saw.
+    pub(crate) last_run: u64,
+    /// Where the new state starts to differ from the old one; `None`: write
+    /// the whole state (see module `recorder`).
+    pub(crate) changes: Option<Arc<Changes>>,
 }
 
 /// Mirrors `source` into `target` (see the module docs of [`mod@crate::sync`]
@@ -261,21 +183,67 @@ pub async fn sync(
     options: &SyncOptions,
     progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
 ) -> Result<SyncReport> {
+    let (source, target) = (
+        Endpoint::new(Arc::clone(source)),
+        Endpoint::new(Arc::clone(target)),
+    );
+    sync_endpoints(&source, &target, options, progress).await
+}
+
+/// [`sync()`] between two [`Endpoint`]s: with [`Endpoint::local`] the
+/// mirror lists, reads and writes a `file://` store's directory directly.
+pub async fn sync_endpoints(
+    source: &Endpoint,
+    target: &Endpoint,
+    options: &SyncOptions,
+    progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
+) -> Result<SyncReport> {
     options.validate()?;
     let started = tokio::time::Instant::now();
-    let (recorded_source, entries) = match open_state(target, options).await? {
-        Some(reader) => (reader.source, reader.entries),
-        None => (None, stream::empty().boxed()),
+    // Both listings start at once, while the state is opened.
+    let listings = (
+        source.listing(Side::Source, options.list_order),
+        target.listing(Side::Target, options.list_order),
+    );
+    let changes = Arc::new(Changes::default());
+    let (recorded_source, entries, last_run) = match open_state(target.store(), options).await? {
+        Some(reader) => {
+            if reader.overlaid {
+                // Fold the checkpoints into a new record.
+                changes.everywhere();
+            }
+            (reader.source, ahead(reader.entries), reader.last_run)
+        }
+        None => {
+            changes.everywhere();
+            (None, stream::empty().boxed(), 0)
+        }
     };
     let trust_source = recorded_source == options.source_id;
-    let ctx = Ctx::new(source, target, options, Arc::new(progress), trust_source);
-    let items = merge::attach(
-        merge::merge_sorted(
-            sorted_listing(Arc::clone(source), Side::Source, options.list_order),
-            sorted_listing(Arc::clone(target), Side::Target, options.list_order),
-        ),
+    if !trust_source {
+        changes.everywhere();
+    }
+    let mut ctx = Ctx::unshared(
+        source.store(),
+        target.store(),
+        options,
+        Arc::new(progress),
+        trust_source,
+    );
+    ctx.source_dir = source.dir().cloned();
+    ctx.target_dir = target.dir().cloned();
+    ctx.last_run = last_run;
+    ctx.changes = Some(Arc::clone(&changes));
+    let ctx = Arc::new(ctx);
+    let (broken, dropped) = (Arc::clone(&changes), changes);
+    let items = merge::attach_tracked(
+        merge::merge_sorted(listings.0, listings.1),
         entries,
-        Box::new(|e| tracing::warn!(error = %e, "ignoring the rest of the sync state")),
+        Box::new(move |e| {
+            tracing::warn!(error = %e, "ignoring the rest of the sync state");
+            broken.everywhere();
+        }),
+        Box::new(move |key| dropped.at(key)),
     );
     let scheduler = Arc::clone(&ctx);
     let outcomes = items.map(move |item| schedule(&scheduler, item)).boxed();
@@ -292,8 +260,24 @@ impl Ctx {
         progress: ProgressFn,
         trust_source: bool,
     ) -> Arc<Self> {
+        Arc::new(Self::unshared(
+            source,
+            target,
+            options,
+            progress,
+            trust_source,
+        ))
+    }
+
+    fn unshared(
+        source: &Arc<dyn ObjectStore>,
+        target: &Arc<dyn ObjectStore>,
+        options: &SyncOptions,
+        progress: ProgressFn,
+        trust_source: bool,
+    ) -> Self {
         let bytes_progress = Arc::clone(&progress);
-        Arc::new(Ctx {
+        Ctx {
             source: Arc::clone(source),
             target: Arc::clone(target),
             options: options.clone(),
@@ -302,6 +286,7 @@ impl Ctx {
                 budget: Budget::new(options.buffer_memory),
                 part_size: options.part_size,
                 on_bytes: Arc::new(move |n| bytes_progress(&SyncEvent::Bytes(n))),
+                parts: PartPool::default(),
             },
             workers: Semaphore::new(options.concurrency),
             progress,
@@ -309,14 +294,22 @@ impl Ctx {
             hashed: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             retries: AtomicU64::new(0),
-        })
+            source_dir: None,
+            target_dir: None,
+            target_dirty: AtomicBool::new(false),
+            unflushed: AtomicU64::new(0),
+            flushing: Arc::new(AtomicBool::new(false)),
+            last_run: 0,
+            changes: None,
+        }
     }
 }
 
 /// The consuming half of a run, shared by the mirror and the restore:
 /// takes the outcomes in key order (running up to a window of them at
-/// once), counts them, streams the new state record out, then deletes
-/// within the guards. The state header names `state_source`.
+/// once), counts them, streams the new state record out and checkpoints
+/// what the run established (module `journal`), then deletes within the
+/// guards. The state header names `state_source`.
 pub(crate) async fn drive(
     ctx: &Ctx,
     outcomes: futures::stream::BoxStream<'static, BoxFuture<'static, Scheduled>>,
@@ -327,10 +320,7 @@ pub(crate) async fn drive(
         dry_run: options.dry_run,
         ..SyncReport::default()
     };
-    let mut writer = match options.dry_run {
-        true => None,
-        false => Some(StateWriter::create(&ctx.target, state_source).await?),
-    };
+    let mut recorder = Recorder::new(ctx, state_source, &mut report).await;
     let limits = Limits {
         max_delete: options.max_delete,
         max_fraction: options.max_delete_fraction,
@@ -349,7 +339,9 @@ pub(crate) async fn drive(
     while let Some((in_source, in_target, outcome)) = outcomes.next().await {
         report.listed += u64::from(in_source);
         report.target_listed += u64::from(in_target);
-        let record = match outcome {
+        // The key, its entry for the new state, and whether this run
+        // established that entry.
+        let (key, record, new) = match outcome {
             Outcome::Fatal(e) => {
                 fatal = Some(e);
                 break;
@@ -358,16 +350,21 @@ pub(crate) async fn drive(
                 report.copied += 1;
                 report.bytes += size;
                 (ctx.progress)(&SyncEvent::Copied { key: &key, size });
-                entry
+                (key, entry, true)
             }
             Outcome::Skipped { key, entry } => {
                 report.skipped += 1;
                 (ctx.progress)(&SyncEvent::Skipped { key: &key });
-                Some(entry)
+                (key, Some(entry), false)
             }
-            Outcome::Vanished { keep } => {
+            Outcome::Verified { key, entry } => {
+                report.skipped += 1;
+                (ctx.progress)(&SyncEvent::Skipped { key: &key });
+                (key, Some(entry), true)
+            }
+            Outcome::Vanished { key, keep } => {
                 report.vanished += 1;
-                keep
+                (key, keep, false)
             }
             Outcome::Failed { key, error, keep } => {
                 report.failed += 1;
@@ -376,38 +373,28 @@ pub(crate) async fn drive(
                     error: &error,
                 });
                 report.push_error(error);
-                keep
+                (key, keep, false)
             }
             Outcome::Extra(path) => {
                 report.extra += 1;
                 (ctx.progress)(&SyncEvent::Extra { key: path.as_ref() });
+                let key = path.to_string();
                 if (candidates.len() as u64) < keep_candidates {
                     candidates.push(path);
                 }
-                None
+                (key, None, false)
             }
         };
-        if let (Some(w), Some(entry)) = (writer.as_mut(), record)
-            && let Err(e) = w.write(&entry).await
-        {
-            report.push_error(e);
-            if let Some(w) = writer.take() {
-                w.abort().await;
-            }
-        }
+        recorder
+            .record(ctx, &key, record.as_ref(), new, &mut report)
+            .await;
     }
     drop(outcomes);
     if let Some(e) = fatal {
-        if let Some(w) = writer.take() {
-            w.abort().await;
-        }
+        recorder.fail(ctx, &mut report).await;
         return Err(e);
     }
-    if let Some(w) = writer.take()
-        && let Err(e) = w.finish().await
-    {
-        report.push_error(e);
-    }
+    recorder.finish(ctx, &mut report).await;
 
     report.hashed = ctx.hashed.load(Ordering::Relaxed);
     report.bytes_read = ctx.bytes_read.load(Ordering::Relaxed);
@@ -482,7 +469,20 @@ fn schedule(
         });
     }
     let in_source = in_source.is_some();
-    let outcome = match plan(pair, entry, ctx.trust_source, ctx.options.rehash) {
+    let had_record = entry.is_some();
+    let plan = plan(pair, entry, ctx.trust_source, ctx.options.rehash);
+    if let Some(changes) = &ctx.changes {
+        match &plan {
+            Plan::Skip(_) => {}
+            Plan::Extra(_) if !had_record => {}
+            Plan::Extra(meta)
+            | Plan::Copy { source: meta, .. }
+            | Plan::Compare { source: meta, .. } => {
+                changes.at(meta.location.as_ref());
+            }
+        }
+    }
+    let outcome = match plan {
         Plan::Skip(entry) => Outcome::Skipped {
             key: entry.key.clone(),
             entry,
@@ -544,13 +544,18 @@ async fn work_on(ctx: &Ctx, work: Plan) -> Outcome {
             known,
         } => match compare(ctx, &source, &target, known.as_ref()).await {
             Ok(Some(entry)) => {
-                return Outcome::Skipped {
+                return Outcome::Verified {
                     key: entry.key.clone(),
                     entry,
                 };
             }
             Ok(None) => (source, known),
-            Err(e) if e.is_not_found() => return Outcome::Vanished { keep: known },
+            Err(e) if e.is_not_found() => {
+                return Outcome::Vanished {
+                    key: source.location.to_string(),
+                    keep: known,
+                };
+            }
             Err(error) => {
                 return Outcome::Failed {
                     key: source.location.to_string(),
@@ -570,22 +575,7 @@ async fn work_on(ctx: &Ctx, work: Plan) -> Outcome {
         };
     }
     let attempts = Attempts::default();
-    let copied = retrying(ctx, &key, || async {
-        let request = CopyRequest {
-            source: &ctx.source,
-            source_side: Side::Source,
-            key: &source.location,
-            target: &ctx.target,
-            target_side: Side::Target,
-            target_key: &source.location,
-            expect_sha256: None,
-            check_unchanged: true,
-            verify: ctx.options.verify,
-            create: false,
-        };
-        ctx.mover.copy(&request, &attempts).await
-    })
-    .await;
+    let copied = retrying(ctx, &key, || ctx.copy_object(&source, &attempts)).await;
     match copied {
         Ok(copied) => {
             ctx.bytes_read.fetch_add(copied.size, Ordering::Relaxed);
@@ -611,7 +601,7 @@ async fn work_on(ctx: &Ctx, work: Plan) -> Outcome {
                 }),
             }
         }
-        Err(e) if e.is_not_found() => Outcome::Vanished { keep },
+        Err(e) if e.is_not_found() => Outcome::Vanished { key, keep },
         Err(error) => Outcome::Failed { key, error, keep },
     }
 }
@@ -631,19 +621,13 @@ async fn compare(
     known: Option<&StateEntry>,
 ) -> Result<Option<StateEntry>> {
     let key = source.location.to_string();
-    let read = retrying(ctx, &key, || {
-        ctx.mover.hash(&ctx.source, &source.location, Side::Source)
-    })
-    .await?;
+    let read = retrying(ctx, &key, || ctx.hash_object(Side::Source, source)).await?;
     ctx.hashed.fetch_add(1, Ordering::Relaxed);
     ctx.bytes_read.fetch_add(read.meta.size, Ordering::Relaxed);
     let (target_sha, target_token) = match known {
         Some(e) => (e.sha256.clone(), e.target.clone()),
         None => {
-            let t = retrying(ctx, &key, || {
-                ctx.mover.hash(&ctx.target, &target.location, Side::Target)
-            })
-            .await?;
+            let t = retrying(ctx, &key, || ctx.hash_object(Side::Target, target)).await?;
             ctx.hashed.fetch_add(1, Ordering::Relaxed);
             ctx.bytes_read.fetch_add(t.meta.size, Ordering::Relaxed);
             (t.sha256, Token::of_read(target, &t.meta))

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result, Side};
 use crate::limit::{Budget, RateLimiter};
+use crate::local::{BLOCK, LocalDir, StagedFile, etag_of};
 use crate::options::SourceVerify;
 use crate::state::{normalize_etag, same_version};
 
@@ -200,6 +201,54 @@ pub(crate) struct Mover {
     pub(crate) budget: Budget,
     pub(crate) part_size: usize,
     pub(crate) on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
+    /// Part buffers, reused across uploads.
+    pub(crate) parts: PartPool,
+}
+
+/// Multipart part buffers, reused: allocating a fresh part-sized buffer
+/// for every part leaves freed blocks in the allocator's per-thread arenas,
+/// which made the peak RSS of one large upload exceed the buffer budget by
+/// half. Every buffer in use holds its share of the budget, so the pool
+/// never holds more than the budget.
+#[derive(Clone, Default)]
+pub(crate) struct PartPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl PartPool {
+    fn take(&self, size: usize) -> Vec<u8> {
+        let reused = self.0.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match reused {
+            Some(mut buf) if buf.capacity() >= size => {
+                buf.clear();
+                buf
+            }
+            _ => Vec::with_capacity(size),
+        }
+    }
+}
+
+/// A part being uploaded: returns its buffer to the pool, then its share of
+/// the budget, when the upload lets go of the bytes.
+struct PooledPart {
+    buf: Vec<u8>,
+    pool: PartPool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl AsRef<[u8]> for PooledPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledPart {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        self.pool
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(buf);
+    }
 }
 
 /// Carried between attempts of one copy: the SHA-256 of an earlier read
@@ -280,12 +329,27 @@ impl Mover {
     /// Copies one object (see the module docs); the target object appears
     /// only when every check passed.
     pub(crate) async fn copy(&self, req: &CopyRequest<'_>, attempts: &Attempts) -> Result<Copied> {
+        self.copy_into(req, attempts, None).await
+    }
+
+    /// [`Mover::copy`], writing the files of `dir` directly when the target
+    /// is that directory's `LocalFileSystem` (no `fsync`: the caller makes
+    /// the target durable before it records the copy).
+    pub(crate) async fn copy_into(
+        &self,
+        req: &CopyRequest<'_>,
+        attempts: &Attempts,
+        dir: Option<&LocalDir>,
+    ) -> Result<Copied> {
         let mut body = open_body(req.source, req.key, req.source_side).await?;
         let size = body.meta.size;
         let md5_expected = etag_md5(body.meta.e_tag.as_deref());
         let mut md5 = md5_expected.as_ref().map(|_| Md5::new());
         let mut sha = Sha256::new();
-        let mut upload = Upload::start(self, req, size).await?;
+        let mut upload = match dir {
+            Some(dir) => Upload::local(self, req, dir, size).await?,
+            None => Upload::start(self, req, size).await?,
+        };
         let streamed: Result<u64> = async {
             let mut read = 0u64;
             while let Some(chunk) = body.chunks.next().await {
@@ -418,6 +482,57 @@ enum Upload {
     },
     /// Larger objects: parts uploaded as they fill, completed on commit.
     Multi(Box<Multi>),
+    /// A file of a local directory, written in blocks, renamed into place
+    /// on commit.
+    Local(Box<LocalUpload>),
+}
+
+struct LocalUpload {
+    side: Side,
+    key: String,
+    file: Option<StagedFile>,
+    block: Vec<u8>,
+    capacity: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl LocalUpload {
+    fn error(&self, e: std::io::Error) -> Error {
+        let source = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(e),
+        };
+        Error::object(self.side, self.key.clone(), "writing", source)
+    }
+
+    /// Writes `data` (or the pending block when `data` is `None`) on the
+    /// blocking pool.
+    async fn write_out(&mut self, data: Option<Bytes>) -> Result<()> {
+        let Some(mut file) = self.file.take() else {
+            return Err(self.error(std::io::Error::other("the staged file was closed")));
+        };
+        let mut block = match data {
+            Some(_) => Vec::new(),
+            None => std::mem::take(&mut self.block),
+        };
+        let (file, block, result) = tokio::task::spawn_blocking(move || {
+            let result = match &data {
+                Some(data) => file.write_all(data),
+                None => file.write_all(&block),
+            };
+            block.clear();
+            (file, block, result)
+        })
+        .await
+        .map_err(|e| Error::Task {
+            reason: e.to_string(),
+        })?;
+        self.file = Some(file);
+        if block.capacity() > 0 {
+            self.block = block;
+        }
+        result.map_err(|e| self.error(e))
+    }
 }
 
 struct Multi {
@@ -429,9 +544,38 @@ struct Multi {
     part: Vec<u8>,
     permit: Option<OwnedSemaphorePermit>,
     in_flight: VecDeque<Task<object_store::Result<()>>>,
+    parts: PartPool,
 }
 
 impl Upload {
+    async fn local(
+        mover: &Mover,
+        req: &CopyRequest<'_>,
+        dir: &LocalDir,
+        size: u64,
+    ) -> Result<Self> {
+        let side = req.target_side;
+        let key = req.target_key.to_string();
+        let capacity = usize::try_from(size).map_or(BLOCK, |n| n.clamp(1, BLOCK));
+        let permit = mover.budget.reserve(capacity).await?;
+        let path = dir.path_of(req.target_key)?;
+        let file = tokio::task::spawn_blocking(move || StagedFile::create(path))
+            .await
+            .map_err(|e| Error::Task {
+                reason: e.to_string(),
+            })?;
+        let mut upload = LocalUpload {
+            side,
+            key,
+            file: None,
+            block: Vec::with_capacity(capacity),
+            capacity,
+            _permit: permit,
+        };
+        upload.file = Some(file.map_err(|e| upload.error(e))?);
+        Ok(Upload::Local(Box::new(upload)))
+    }
+
     async fn start(mover: &Mover, req: &CopyRequest<'_>, size: u64) -> Result<Self> {
         let side = req.target_side;
         let key = req.target_key.clone();
@@ -461,6 +605,7 @@ impl Upload {
             part: Vec::new(),
             permit: None,
             in_flight: VecDeque::new(),
+            parts: mover.parts.clone(),
         })))
     }
 
@@ -470,11 +615,21 @@ impl Upload {
                 buf.extend_from_slice(&data);
                 Ok(())
             }
+            Upload::Local(l) => {
+                if !l.block.is_empty() && l.block.len() + data.len() > l.capacity {
+                    l.write_out(None).await?;
+                }
+                if data.len() >= l.capacity {
+                    return l.write_out(Some(data)).await;
+                }
+                l.block.extend_from_slice(&data);
+                Ok(())
+            }
             Upload::Multi(m) => {
                 while !data.is_empty() {
                     if m.permit.is_none() {
                         m.permit = Some(m.budget.reserve(m.part_size).await?);
-                        m.part = Vec::with_capacity(m.part_size);
+                        m.part = m.parts.take(m.part_size);
                     }
                     let take = (m.part_size - m.part.len()).min(data.len());
                     m.part.extend_from_slice(&data.split_to(take));
@@ -489,6 +644,25 @@ impl Upload {
 
     async fn commit(self) -> Result<PutResult> {
         match self {
+            Upload::Local(mut l) => {
+                if !l.block.is_empty() {
+                    l.write_out(None).await?;
+                }
+                let Some(file) = l.file.take() else {
+                    return Err(l.error(std::io::Error::other("the staged file was closed")));
+                };
+                let md = tokio::task::spawn_blocking(move || file.commit())
+                    .await
+                    .map_err(|e| Error::Task {
+                        reason: e.to_string(),
+                    })?
+                    .map_err(|e| l.error(e))?;
+                Ok(PutResult {
+                    e_tag: Some(etag_of(&md)),
+                    version: None,
+                    extensions: Default::default(),
+                })
+            }
             Upload::Single {
                 target,
                 side,
@@ -540,6 +714,13 @@ impl Upload {
     }
 
     async fn abort(self) {
+        if let Upload::Local(mut l) = self {
+            // Dropping the staged file removes it.
+            if let Some(file) = l.file.take() {
+                let _ = tokio::task::spawn_blocking(move || drop(file)).await;
+            }
+            return;
+        }
         if let Upload::Multi(mut m) = self {
             m.in_flight.clear();
             // Best effort: what matters is that nothing was completed.
@@ -550,13 +731,15 @@ impl Upload {
 
 impl Multi {
     async fn send_part(&mut self) -> Result<()> {
-        let payload = PutPayload::from(std::mem::take(&mut self.part));
-        let permit = self.permit.take();
-        let put = self.upload.put_part(payload);
-        self.in_flight.push_back(Task::spawn(async move {
-            let _permit = permit;
-            put.await
-        }));
+        let part = PooledPart {
+            buf: std::mem::take(&mut self.part),
+            pool: self.parts.clone(),
+            _permit: self.permit.take(),
+        };
+        let put = self
+            .upload
+            .put_part(PutPayload::from(Bytes::from_owner(part)));
+        self.in_flight.push_back(Task::spawn(put));
         while self.in_flight.len() > PARTS_IN_FLIGHT {
             if let Some(task) = self.in_flight.pop_front() {
                 self.settle(task).await?;

@@ -187,6 +187,14 @@ impl Store {
         Ok(deleted)
     }
 
+    /// The directory of a `file://` store (its objects are the files
+    /// under it, as `LocalFileSystem` maps them); `None` for other stores
+    /// and for stores assembled with [`Store::from_parts`]. The mirror
+    /// reads and writes such a directory directly.
+    pub fn local_root(&self) -> Option<&std::path::Path> {
+        self.local_root.as_deref()
+    }
+
     /// The store's URL for messages; never contains credentials.
     pub fn display_url(&self) -> String {
         self.display_url.clone()

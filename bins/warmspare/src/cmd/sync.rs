@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use warmspare_agent::Config;
 use warmspare_agent::config::SiteConfig;
-use warmspare_replicate::{SyncEvent, SyncOptions, SyncReport, parse_byte_rate, sync};
+use warmspare_replicate::{
+    Endpoint, SyncEvent, SyncOptions, SyncReport, parse_byte_rate, sync_endpoints,
+};
 use warmspare_store::{Store, StoreConfig};
 
 use crate::output::{self, one_line, scrub};
@@ -214,9 +216,9 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let progress = std::sync::Arc::clone(&progress);
         let (source, target) = (source.clone(), target.clone());
         async move {
-            sync(
-                source.object_store(),
-                target.object_store(),
+            sync_endpoints(
+                &endpoint(&source),
+                &endpoint(&target),
                 &options,
                 move |e: &SyncEvent<'_>| progress.event(e),
             )
@@ -233,6 +235,15 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     );
     print_summary("sync", global.json, &summary, args.delete)?;
     Ok(exit_code(&report))
+}
+
+/// The mirror's view of a store: a `file://` store's directory is listed,
+/// read and written directly.
+pub(crate) fn endpoint(store: &Store) -> Endpoint {
+    match store.local_root() {
+        Some(root) => Endpoint::local(std::sync::Arc::clone(store.object_store()), root),
+        None => Endpoint::new(std::sync::Arc::clone(store.object_store())),
+    }
 }
 
 /// Exit code 1 when an object failed or requested deletions were refused.

@@ -33,6 +33,11 @@ impl TestStore {
     pub(crate) fn raw(&self) -> &Arc<dyn ObjectStore> {
         self.faults.inner()
     }
+
+    /// The directory of a filesystem store.
+    pub(crate) fn dir(&self) -> Option<&std::path::Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
 }
 
 /// A fresh store of `kind`; `None` when S3 is wanted but not installed.
