@@ -111,16 +111,24 @@ impl Ctx {
         let _cancel = CancelOnDrop(Arc::clone(&cancelled));
         let limiter = self.mover.limiter.clone();
         let on_bytes = Arc::clone(&self.mover.on_bytes);
-        tokio::task::spawn_blocking(move || {
+        let job = move |runtime: &tokio::runtime::Handle| {
             let io = Io {
                 limiter: limiter.as_deref(),
+                runtime: Some(runtime),
                 on_bytes: &*on_bytes,
                 cancelled: &cancelled,
             };
             f(&io)
-        })
-        .await
-        .map_err(task_error)?
+        };
+        match &self.threads {
+            Some(threads) => threads.run(job).await?,
+            None => {
+                let runtime = tokio::runtime::Handle::current();
+                tokio::task::spawn_blocking(move || job(&runtime))
+                    .await
+                    .map_err(task_error)?
+            }
+        }
     }
 
     /// Reads a listed object to its end, hashing it.

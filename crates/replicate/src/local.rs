@@ -327,9 +327,64 @@ fn walk(root: &FsPath, side: Side, tx: &mpsc::Sender<Result<Vec<ObjectMeta>>>) {
 
 // --- reading and writing ------------------------------------------------------
 
+/// Threads for the blocking work of one run (copies and hashes of files).
+/// Jobs queue up and a thread takes the next one without going to sleep,
+/// where `spawn_blocking` wakes a pool thread for every job: with small
+/// files, those wake-ups (three context switches per file) cost more than
+/// the copies. The threads end when the pool is dropped.
+pub(crate) struct Threads {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+type Job = Box<dyn FnOnce(&tokio::runtime::Handle) + Send>;
+
+impl Threads {
+    /// `count` threads (at least one); call within a Tokio runtime.
+    pub(crate) fn new(count: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let queue = Arc::new(std::sync::Mutex::new(queue));
+        let runtime = tokio::runtime::Handle::current();
+        for _ in 0..count.max(1) {
+            let queue = Arc::clone(&queue);
+            let runtime = runtime.clone();
+            std::thread::spawn(move || {
+                loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(&runtime),
+                        Err(_) => return,
+                    }
+                }
+            });
+        }
+        Self { jobs }
+    }
+
+    /// Runs `job` on one of the threads.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&tokio::runtime::Handle) -> T + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |runtime| {
+            let _ = tx.send(job(runtime));
+        });
+        let gone = || Error::Task {
+            reason: "the file threads are gone".into(),
+        };
+        self.jobs.send(job).map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
 /// What a blocking read or copy needs from the run.
 pub(crate) struct Io<'a> {
     pub(crate) limiter: Option<&'a RateLimiter>,
+    /// Where the limiter's waits run (outside of a runtime's threads).
+    pub(crate) runtime: Option<&'a tokio::runtime::Handle>,
     /// Called with each block's size once it was read (and written).
     pub(crate) on_bytes: &'a (dyn Fn(u64) + Send + Sync),
     /// Set when the run is cancelled: stop at the next block.
@@ -339,7 +394,10 @@ pub(crate) struct Io<'a> {
 impl Io<'_> {
     fn throttle(&self, n: usize) {
         if let Some(limiter) = self.limiter {
-            tokio::runtime::Handle::current().block_on(limiter.acquire(n as u64));
+            match self.runtime {
+                Some(runtime) => runtime.block_on(limiter.acquire(n as u64)),
+                None => tokio::runtime::Handle::current().block_on(limiter.acquire(n as u64)),
+            }
         }
     }
 
@@ -618,6 +676,7 @@ mod tests {
     fn io_for(cancelled: &AtomicBool) -> Io<'_> {
         Io {
             limiter: None,
+            runtime: None,
             on_bytes: &|_| {},
             cancelled,
         }
@@ -726,6 +785,7 @@ mod tests {
             };
             let io = Io {
                 limiter: None,
+                runtime: None,
                 on_bytes: &on_bytes,
                 cancelled: &cancelled,
             };

@@ -49,7 +49,7 @@ use crate::error::{Error, Result, Side};
 use crate::guard::{self, Limits};
 use crate::limit::{Budget, RateLimiter};
 use crate::listing::ahead;
-use crate::local::LocalDir;
+use crate::local::{LocalDir, Threads};
 use crate::merge::{self, Pair};
 use crate::options::SyncOptions;
 use crate::recorder::{Changes, Recorder};
@@ -162,6 +162,8 @@ pub(crate) struct Ctx {
     pub(crate) unflushed: AtomicU64,
     /// Whether a background writeback runs.
     pub(crate) flushing: Arc<AtomicBool>,
+    /// Threads for the work on directories (when an endpoint is one).
+    pub(crate) threads: Option<Threads>,
     /// The newest checkpointed run the state reader saw.
     pub(crate) last_run: u64,
     /// Where the new state starts to differ from the old one; `None`: write
@@ -232,6 +234,9 @@ pub async fn sync_endpoints(
     );
     ctx.source_dir = source.dir().cloned();
     ctx.target_dir = target.dir().cloned();
+    if ctx.source_dir.is_some() || ctx.target_dir.is_some() {
+        ctx.threads = Some(Threads::new(file_threads(options.concurrency)));
+    }
     ctx.last_run = last_run;
     ctx.changes = Some(Arc::clone(&changes));
     let ctx = Arc::new(ctx);
@@ -299,6 +304,7 @@ impl Ctx {
             target_dirty: AtomicBool::new(false),
             unflushed: AtomicU64::new(0),
             flushing: Arc::new(AtomicBool::new(false)),
+            threads: None,
             last_run: 0,
             changes: None,
         }
@@ -501,6 +507,13 @@ fn schedule(
     futures::future::ready((in_source, in_target, outcome)).boxed()
 }
 
+/// Threads for copies and hashes of files: twice the CPUs (the work is
+/// hashing, with some waiting for the disk), at most `concurrency`.
+fn file_threads(concurrency: usize) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    concurrency.min(2 * cpus)
+}
+
 pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(100u64 << attempt.min(5))
 }
@@ -531,10 +544,20 @@ where
 }
 
 async fn work_on(ctx: &Ctx, work: Plan) -> Outcome {
-    let Ok(_worker) = ctx.workers.acquire().await else {
-        return Outcome::Fatal(Error::Task {
-            reason: "the worker pool was closed".into(),
-        });
+    // Between two directories all the work runs on the file threads (at
+    // most `concurrency` of them), which take queued jobs one after the
+    // other: a worker permit would only keep the queue short and make each
+    // job wait for a wake-up.
+    let _worker = match ctx.source_dir.is_some() && ctx.target_dir.is_some() {
+        true => None,
+        false => match ctx.workers.acquire().await {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return Outcome::Fatal(Error::Task {
+                    reason: "the worker pool was closed".into(),
+                });
+            }
+        },
     };
     let (source, keep) = match work {
         Plan::Copy { source, keep } => (source, keep),
