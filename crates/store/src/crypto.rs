@@ -34,9 +34,11 @@
 //!   key as "encrypted; configure encryption_key_file". The id reveals
 //!   nothing usable about a 256-bit random key.
 //!
-//! Not covered: manifests, `FORMAT`, the lease and the recorded sizes and
+//! Not encrypted: manifests, `FORMAT`, the lease and the recorded sizes and
 //! digests stay readable (the SHA-256 of the content can confirm a guess of
-//! a whole object's content); the key file is the only secret.
+//! a whole object's content); the key file is the only secret. Manifests
+//! are *authenticated* instead: HMAC-SHA256 under a subkey derived from the
+//! key by HKDF ([`MAC_HKDF_INFO`]), see [`crate::record`].
 
 use std::fmt;
 use std::io;
@@ -65,6 +67,10 @@ const KEY_ID_LEN: usize = 8;
 const NONCE_PREFIX: usize = 19;
 /// Length of the header that opens an encrypted object.
 pub const HEADER_LEN: usize = MAGIC.len() + 2 + KEY_ID_LEN + NONCE_PREFIX;
+
+/// The HKDF info string of the metadata MAC subkey (see
+/// [`crate::record`]). Fixed: changing it invalidates every MAC.
+pub const MAC_HKDF_INFO: &[u8] = b"warmspare metadata mac v1";
 
 /// A 256-bit key for encryption at rest.
 ///
@@ -143,6 +149,19 @@ impl EncryptionKey {
     /// The key id: 16 hex digits identifying the key without revealing it.
     pub fn id(&self) -> String {
         hex::encode(self.id)
+    }
+
+    /// The subkey that authenticates metadata records (manifests, and
+    /// the records other crates seal with [`crate::record`]):
+    /// HKDF-SHA256 of the key, no salt, info [`MAC_HKDF_INFO`], 32 bytes.
+    /// Never the data key itself, so that a MAC and a ciphertext never
+    /// share a key.
+    pub(crate) fn mac_subkey(&self) -> Zeroizing<[u8; 32]> {
+        let mut okm = Zeroizing::new([0u8; 32]);
+        // `expand` fails only for outputs longer than 255 * 32 bytes.
+        let _ = hkdf::Hkdf::<Sha256>::new(None, self.key.as_slice())
+            .expand(MAC_HKDF_INFO, okm.as_mut_slice());
+        okm
     }
 
     fn cipher(&self) -> XChaCha20Poly1305 {

@@ -98,6 +98,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A metadata record (a snapshot manifest, a recovery point) read with
+    /// a key is not authenticated by that key: it carries no MAC, its MAC
+    /// is by another key, or its MAC does not match its content and path
+    /// (altered, or copied from another object). Nothing it says is used.
+    #[error("object {path} is not authenticated by this key: {reason}")]
+    Unauthenticated {
+        /// The object path.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+
     /// The object is encrypted and no key is configured.
     #[error(
         "object {path} is encrypted (key id {key_id}); configure \
@@ -219,6 +231,7 @@ impl Error {
             | Self::Unsupported { .. }
             | Self::DigestMismatch { .. }
             | Self::Authentication { .. }
+            | Self::Unauthenticated { .. }
             | Self::KeyMissing { .. }
             | Self::WrongKey { .. }
             | Self::KeyNotLoaded { .. }

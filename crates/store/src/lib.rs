@@ -25,6 +25,10 @@
 //!   time-sortable [`SnapshotId`]s, the snapshot commit protocol
 //!   ([`SnapshotWriter`], [`Manifest`] written last), listing and
 //!   verification.
+//! * [`record`]: the self-checking JSON envelope of manifests (and of other
+//!   crates' records through [`Repository::seal_record`] /
+//!   [`Repository::open_record`]); with a key, authenticated by
+//!   HMAC-SHA256 under a subkey of the key ([`Authenticity`]).
 //! * [`check_repository`]: a table of what works against a store.
 //!
 //! # Example
@@ -62,7 +66,9 @@
 //!   reader** (S3 metadata carries no readable checksum, and the local ETag
 //!   is not a content hash). A mismatch is [`Error::DigestMismatch`] naming
 //!   the object, never a silent restore. Manifests carry a digest of their
-//!   own bytes.
+//!   own bytes and, in a repository with a key, a MAC over those bytes and
+//!   their path: a reader with the key refuses a manifest that someone
+//!   without it wrote, edited or moved ([`Error::Unauthenticated`]).
 //! * **Compare-and-swap is a trait with a contract and a probe,** because
 //!   backends differ: `LocalFileSystem` has no conditional update, and some
 //!   S3-compatible servers ignore conditional headers. Versions are
@@ -92,6 +98,7 @@ mod error;
 mod id;
 pub mod layout;
 mod manifest;
+pub mod record;
 pub mod redact;
 mod repo;
 mod serde_util;
@@ -116,5 +123,6 @@ pub use id::SnapshotId;
 pub use manifest::{
     FORMAT_NAME, FORMAT_VERSION, FormatInfo, MANIFEST_VERSION, Manifest, SnapshotKind,
 };
+pub use record::{Authenticity, MissingMac};
 pub use repo::{Repository, SnapshotWriter, VerifyReport};
 pub use store::Store;

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::codec::ObjectInfo;
+use crate::crypto::EncryptionKey;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
+use crate::record::{self, Authenticity, MissingMac};
 
 /// The `format` value of a warmspare repository's `FORMAT` object.
 pub const FORMAT_NAME: &str = "warmspare";
@@ -112,8 +114,8 @@ pub struct Manifest {
     pub meta: serde_json::Value,
 }
 
-const ENVELOPE_HEAD: &[u8] = b"{\"sha256\":\"";
-const ENVELOPE_MID: &[u8] = b"\",\"manifest\":";
+/// The record kind of manifests (see [`crate::record`]).
+pub(crate) const KIND: &str = "manifest";
 
 impl Manifest {
     /// Content bytes of all files.
@@ -126,38 +128,67 @@ impl Manifest {
         self.files.values().map(|f| f.stored_size).sum()
     }
 
-    /// Encodes the manifest as
+    /// Encodes the manifest without a MAC, as
     /// `{"sha256":"<hex>","manifest":<body>}` where `<hex>` is the SHA-256
     /// of the exact `<body>` bytes. Hashing bytes rather than a
     /// re-serialisation keeps the check independent of JSON formatting
     /// details (key order, number formatting) across versions.
+    /// [`Manifest::encode`] with a key adds a MAC.
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let body = serde_json::to_vec(self).map_err(|e| Error::Corrupt {
-            path: crate::layout::manifest(&self.id).to_string(),
-            reason: format!("cannot encode manifest: {e}"),
-        })?;
-        let digest = crate::cas::sha256_hex(&body);
-        let mut out = Vec::with_capacity(body.len() + 100);
-        out.extend_from_slice(ENVELOPE_HEAD);
-        out.extend_from_slice(digest.as_bytes());
-        out.extend_from_slice(ENVELOPE_MID);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(b"}\n");
-        Ok(out)
+        self.encode(None)
     }
 
-    /// Decodes a manifest read from `path`, checking its digest and version.
+    /// Encodes the manifest for `snapshots/<id>/MANIFEST.json`; with a
+    /// `key`, authenticated by a MAC over its bytes and its path (see
+    /// [`crate::record`]), so that it cannot be altered nor moved to another
+    /// snapshot id by someone without the key.
+    pub fn encode(&self, key: Option<&EncryptionKey>) -> Result<Vec<u8>> {
+        let path = crate::layout::manifest(&self.id);
+        let body = serde_json::to_vec(self).map_err(|e| Error::Corrupt {
+            path: path.to_string(),
+            reason: format!("cannot encode manifest: {e}"),
+        })?;
+        record::encode(KIND, path.as_ref(), &body, key)
+    }
+
+    /// Decodes a manifest read from `path` without a key, checking its
+    /// digest and version. A MAC it carries is not checked
+    /// ([`Manifest::decode`] with the key does that).
     pub fn from_bytes(path: &str, bytes: &[u8]) -> Result<Self> {
+        Self::decode(path, bytes, None, MissingMac::Accept).map(|(m, _)| m)
+    }
+
+    /// Decodes a manifest read from `path`: with a `key`, its MAC must
+    /// verify (a manifest without one is refused unless `missing` accepts
+    /// it); then its digest and version are checked. Returns how it was
+    /// authenticated. Does not check that its id is the one in `path`
+    /// (`Repository::read_manifest` does; the MAC already binds the path).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unauthenticated`] (see [`record::decode`]),
+    /// [`Error::DigestMismatch`], [`Error::UnsupportedFormat`] for another
+    /// manifest or envelope version, [`Error::Corrupt`].
+    pub fn decode(
+        path: &str,
+        bytes: &[u8],
+        key: Option<&EncryptionKey>,
+        missing: MissingMac,
+    ) -> Result<(Self, Authenticity)> {
         let corrupt = |reason: &str| Error::Corrupt {
             path: path.to_string(),
             reason: reason.to_string(),
         };
-        let Some((expected, body)) = split_envelope(bytes) else {
+        let Some(frame) = record::split(KIND, bytes) else {
             // Maybe a later version with another envelope: say so if we can.
             if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+                let envelope = value.get("version").and_then(|v| v.as_u64());
+                if let Some(v) = envelope.filter(|v| *v != u64::from(record::ENVELOPE_VERSION)) {
+                    return Err(unsupported(path, v));
+                }
                 let version = value
-                    .get("version")
-                    .or_else(|| value.get("manifest").and_then(|m| m.get("version")))
+                    .get("manifest")
+                    .and_then(|m| m.get("version"))
                     .and_then(|v| v.as_u64());
                 if let Some(v) = version.filter(|v| *v != u64::from(MANIFEST_VERSION)) {
                     return Err(unsupported(path, v));
@@ -165,14 +196,7 @@ impl Manifest {
             }
             return Err(corrupt("not a warmspare manifest envelope"));
         };
-        let actual = crate::cas::sha256_hex(body);
-        if actual != expected {
-            return Err(Error::DigestMismatch {
-                path: path.to_string(),
-                expected: expected.to_string(),
-                actual,
-            });
-        }
+        let (body, authenticity) = record::check(frame, KIND, path, key, missing)?;
         let value: serde_json::Value =
             serde_json::from_slice(body).map_err(|e| corrupt(&e.to_string()))?;
         match value.get("version").and_then(|v| v.as_u64()) {
@@ -180,7 +204,8 @@ impl Manifest {
             Some(v) => return Err(unsupported(path, v)),
             None => return Err(corrupt("manifest has no version")),
         }
-        serde_json::from_value(value).map_err(|e| corrupt(&e.to_string()))
+        let manifest = serde_json::from_value(value).map_err(|e| corrupt(&e.to_string()))?;
+        Ok((manifest, authenticity))
     }
 }
 
@@ -190,17 +215,6 @@ fn unsupported(path: &str, found: u64) -> Error {
         found: format!("manifest version {found}"),
         supported: format!("manifest version {MANIFEST_VERSION}"),
     }
-}
-
-/// Splits `{"sha256":"<hex>","manifest":<body>}` (plus trailing whitespace)
-/// into the digest and the exact body bytes.
-fn split_envelope(bytes: &[u8]) -> Option<(&str, &[u8])> {
-    let rest = bytes.strip_prefix(ENVELOPE_HEAD)?;
-    let (digest, rest) = rest.split_at_checked(64)?;
-    let digest = std::str::from_utf8(digest).ok()?;
-    let body = rest.strip_prefix(ENVELOPE_MID)?;
-    let body = body.trim_ascii_end().strip_suffix(b"}")?;
-    Some((digest, body))
 }
 
 #[cfg(test)]
@@ -271,7 +285,65 @@ mod tests {
         assert_eq!(Manifest::from_bytes("m", &bytes).unwrap(), m);
     }
 
+    #[test]
+    fn authenticated_manifests() {
+        let key = EncryptionKey::generate();
+        let m = sample(
+            vec![("dump".into(), 10)],
+            Some(4),
+            serde_json::json!({"n": 1}),
+        );
+        let path = crate::layout::manifest(&m.id).to_string();
+        let bytes = m.encode(Some(&key)).unwrap();
+        let (read, auth) = Manifest::decode(&path, &bytes, Some(&key), MissingMac::Refuse).unwrap();
+        assert_eq!(read, m);
+        assert_eq!(auth, Authenticity::Authenticated { key_id: key.id() });
+        // Without the key: readable (listing), the MAC unchecked.
+        assert_eq!(Manifest::from_bytes(&path, &bytes).unwrap(), m);
+        let (_, auth) = Manifest::decode(&path, &bytes, None, MissingMac::Refuse).unwrap();
+        assert_eq!(auth, Authenticity::Unchecked { key_id: key.id() });
+        // Builds before authenticated manifests look for a top-level
+        // "version" in an envelope they do not know, and report it as an
+        // unsupported manifest version rather than trust it.
+        let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(value["version"], 2);
+        assert_eq!(value["manifest"]["epoch"], 4);
+        // A later envelope version is reported as such.
+        let later =
+            String::from_utf8(bytes.clone())
+                .unwrap()
+                .replacen("\"version\":2", "\"version\":3", 1);
+        let e =
+            Manifest::decode(&path, later.as_bytes(), Some(&key), MissingMac::Refuse).unwrap_err();
+        assert!(
+            matches!(&e, Error::UnsupportedFormat { found, .. } if found.contains('3')),
+            "{e:?}"
+        );
+        // A manifest without a MAC, read with the key.
+        let plain = m.to_bytes().unwrap();
+        let e = Manifest::decode(&path, &plain, Some(&key), MissingMac::Refuse).unwrap_err();
+        assert!(matches!(e, Error::Unauthenticated { .. }), "{e:?}");
+        let (_, auth) = Manifest::decode(&path, &plain, Some(&key), MissingMac::Accept).unwrap();
+        assert_eq!(auth, Authenticity::NoMac);
+    }
+
     proptest! {
+        #[test]
+        fn authenticated_manifest_detects_any_change(
+            files in proptest::collection::vec(("[a-z]{1,8}", any::<u64>()), 0..4),
+            epoch in proptest::option::of(any::<u64>()),
+            flip in any::<prop::sample::Index>(),
+        ) {
+            let key = EncryptionKey::from_bytes([7; 32]);
+            let m = sample(files, epoch, serde_json::json!({"db": "builder"}));
+            let path = crate::layout::manifest(&m.id).to_string();
+            let bytes = m.encode(Some(&key)).unwrap();
+            let mut bad = bytes.clone();
+            let i = flip.index(bad.len() - 1);
+            bad[i] ^= 0x01;
+            prop_assert!(Manifest::decode(&path, &bad, Some(&key), MissingMac::Accept).is_err());
+        }
+
         #[test]
         fn manifest_roundtrips_and_detects_any_change(
             files in proptest::collection::vec(("[a-z]{1,8}(/[a-z0-9._-]{1,8})?", any::<u64>()), 0..8),

@@ -8,7 +8,9 @@
 //!    `snapshots/<id>/<name>` through the codec and records its
 //!    [`ObjectInfo`].
 //! 3. [`SnapshotWriter::commit`] writes `snapshots/<id>/MANIFEST.json`
-//!    **last**, create-if-absent, listing every file with its digests.
+//!    **last**, create-if-absent, listing every file with its digests;
+//!    with a key, authenticated by a MAC in the same object
+//!    ([`crate::record`]).
 //!
 //! A snapshot exists exactly when its manifest does: readers list only
 //! snapshots with a manifest, so a crash at any point leaves either a
@@ -24,10 +26,12 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::{ObjectInfo, Progress};
+use crate::crypto::{Encryption, EncryptionKey};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::layout;
 use crate::manifest::{FormatInfo, MANIFEST_VERSION, Manifest, SnapshotKind};
+use crate::record::{self, Authenticity, MissingMac};
 use crate::store::Store;
 
 /// How many manifests are looked up at once while listing.
@@ -181,26 +185,91 @@ impl Repository {
         Ok(ids)
     }
 
-    /// Reads and checks a snapshot's manifest (digest, version, id).
+    /// Reads and checks a snapshot's manifest (MAC when the store has a
+    /// key, digest, version, id).
+    ///
+    /// With a key, a manifest that is not authenticated by it (no MAC, a
+    /// MAC by another key, or one that does not match: altered, or copied
+    /// from another snapshot) is [`Error::Unauthenticated`] naming the
+    /// manifest. Without a key, an authenticated manifest is read (its
+    /// digest checked, its MAC not): listing needs no key.
     pub async fn read_manifest(&self, id: &SnapshotId) -> Result<Manifest> {
+        self.read_manifest_checked(id, MissingMac::Refuse)
+            .await
+            .map(|(manifest, _)| manifest)
+    }
+
+    /// Like [`Repository::read_manifest`], returning how the manifest was
+    /// authenticated; `missing` says whether a reader with a key accepts a
+    /// manifest without a MAC (written before the repository had a key),
+    /// which a caller that accepts it must surface to the operator:
+    /// anyone who can write to the repository can write such a manifest.
+    pub async fn read_manifest_checked(
+        &self,
+        id: &SnapshotId,
+        missing: MissingMac,
+    ) -> Result<(Manifest, Authenticity)> {
         let path = layout::manifest(id);
-        let bytes = self
-            .store
-            .object_store()
-            .get(&path)
-            .await
-            .map_err(|e| Error::from_store(path.as_ref(), e))?
-            .bytes()
-            .await
-            .map_err(|e| Error::from_store(path.as_ref(), e))?;
-        let manifest = Manifest::from_bytes(path.as_ref(), &bytes)?;
+        let bytes = self.read_small(&path).await?;
+        let key = self.store.codec().encryption().key();
+        let (manifest, authenticity) = Manifest::decode(path.as_ref(), &bytes, key, missing)?;
         if manifest.id != *id {
             return Err(Error::Corrupt {
                 path: path.to_string(),
                 reason: format!("the manifest belongs to snapshot {}", manifest.id),
             });
         }
-        Ok(manifest)
+        Ok((manifest, authenticity))
+    }
+
+    /// Encodes a small JSON record of another crate (a recovery point)
+    /// stored at `path` as [`crate::record`] does for manifests: with a MAC
+    /// under the store's key when it has one. `kind` names the record
+    /// (`"point"`); `body` is its JSON. Refused with
+    /// [`Error::KeyNotLoaded`] when encryption is configured but its key
+    /// was not loaded.
+    pub fn seal_record(&self, kind: &str, path: &Path, body: &[u8]) -> Result<Vec<u8>> {
+        let key = self.write_key(path)?;
+        record::encode(kind, path.as_ref(), body, key)
+    }
+
+    /// Decodes a record written by [`Repository::seal_record`] and read
+    /// from `path`, returning its body (JSON, for the caller to parse and
+    /// version-check). With a key the MAC must verify, and a record without
+    /// one is refused unless `missing` accepts it; errors as
+    /// [`record::decode`].
+    pub fn open_record<'a>(
+        &self,
+        kind: &str,
+        path: &Path,
+        bytes: &'a [u8],
+        missing: MissingMac,
+    ) -> Result<(&'a [u8], Authenticity)> {
+        let key = self.store.codec().encryption().key();
+        record::decode(kind, path.as_ref(), bytes, key, missing)
+    }
+
+    /// The key records are written with: the store's key, none without
+    /// encryption, and a refusal when its key was not loaded.
+    fn write_key(&self, path: &Path) -> Result<Option<&EncryptionKey>> {
+        match self.store.codec().encryption() {
+            Encryption::KeyNotLoaded { source } => Err(Error::KeyNotLoaded {
+                path: path.to_string(),
+                source_name: source.clone(),
+            }),
+            encryption => Ok(encryption.key()),
+        }
+    }
+
+    async fn read_small(&self, path: &Path) -> Result<bytes::Bytes> {
+        self.store
+            .object_store()
+            .get(path)
+            .await
+            .map_err(|e| Error::from_store(path.as_ref(), e))?
+            .bytes()
+            .await
+            .map_err(|e| Error::from_store(path.as_ref(), e))
     }
 
     /// Streams file `name` of snapshot `id` into `writer`, verified against
@@ -365,7 +434,9 @@ impl SnapshotWriter {
             meta,
         };
         let path = layout::manifest(&manifest.id);
-        let bytes = manifest.to_bytes()?;
+        // With a key, authenticated (see `crate::record`): still one
+        // object, so the commit stays a single create-if-absent.
+        let bytes = manifest.encode(self.repo.write_key(&path)?)?;
         // Through the compare-and-swap primitive: it resolves a re-sent
         // create whose first attempt landed (the bytes are ours).
         self.repo.store.cas().create(&path, bytes.into()).await?;

@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod backend;
 mod cas;
 mod check;
