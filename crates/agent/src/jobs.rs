@@ -7,7 +7,7 @@
 //! | --- | --- | --- |
 //! | `backup` | this site may accept traffic (or no driver is configured: one site) | a recovery point (`take_recovery_point`) when the site has an artifact store, else a logical snapshot; the lease epoch goes into the manifest |
 //! | `physical_backup` | like `backup` | a physical base backup (`backup_physical`, `pg_basebackup`) of this site's database, the starting point of point-in-time recovery; the database must archive its WAL into the repository |
-//! | `sync` | this site may accept traffic | mirrors this site's artifact store into the other site's |
+//! | `sync` | this site may accept traffic | mirrors this site's artifact store into the other site's (a `file://` store's directory directly, as `warmspare sync` does) |
 //! | `restore` | this site is a `logical-restore` site, does not hold the lease and has seen another site hold it | restores the newest logical snapshot into this site's database |
 //! | `verify` | always | verifies the newest snapshot's files against its manifest |
 //! | `prune` | like `backup` | applies `[retention]` to the repository |
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use warmspare_replicate::{PointRequest, SyncOptions, take_recovery_point};
+use warmspare_replicate::{Endpoint, PointRequest, SyncOptions, take_recovery_point};
 use warmspare_snapshot::catalog::{self, LATEST};
 use warmspare_snapshot::{
     LogicalBackupOptions, PhysicalBackupOptions, RestoreOptions, backup_logical, backup_physical,
@@ -340,9 +340,11 @@ async fn sync(env: &Env) -> Result<JobOutcome, JobError> {
     let source = Store::open(&source).map_err(JobError::failed)?;
     let target = Store::open(&target).map_err(JobError::failed)?;
     let options = SyncOptions::default().with_source_id(source.display_url());
-    let report = warmspare_replicate::sync(
-        source.object_store(),
-        target.object_store(),
+    // As `warmspare sync` does: a `file://` store's directory is listed,
+    // read and written directly.
+    let report = warmspare_replicate::sync_endpoints(
+        &Endpoint::for_store(&source),
+        &Endpoint::for_store(&target),
         &options,
         |_| {},
     )

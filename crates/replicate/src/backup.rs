@@ -59,7 +59,8 @@ enum Done {
 /// Backs up the artifacts of `source` into `repo`: every object's content
 /// is stored once under `blobs/sha256/<2>/<64>` (skipped when that blob
 /// exists), and an inventory naming them is written to
-/// `inventories/<id>.json.zst` (create-if-absent) with an id for `now`.
+/// `inventories/<id>.json.zst` (create-if-absent) with the first id of
+/// `now`'s millisecond that is not in use (16 per millisecond).
 ///
 /// With an encryption key configured, blobs are encrypted under it (their
 /// names stay the SHA-256 of the plaintext, so deduplication still works;
@@ -69,8 +70,9 @@ enum Done {
 ///
 /// While it runs, the backup keeps an activity marker in the repository
 /// (`activity/backup/<id>.json`, see `activity.rs`): it waits for a
-/// running prune to finish before it reads the repository, and prune
-/// leaves inventories and blobs alone while the marker is live. The
+/// running prune to finish before it reads the repository (reported as
+/// [`SyncEvent::WaitingForPrune`]), and prune leaves inventories and
+/// blobs alone while the marker is live. The
 /// `previous` inventory is used only if it still exists by then (a prune
 /// may have removed it, and the blobs only it named, since it was read).
 ///
@@ -97,6 +99,10 @@ pub async fn backup_artifacts(
         Marker::acquire(repo, Activity::Backup, now, activity::DEFAULT_STALE_AFTER).await?;
     activity::wait_for_prune(repo, &marker, |m| {
         tracing::info!(marker = %m.path, "waiting for a prune to finish");
+        progress(&SyncEvent::WaitingForPrune {
+            marker: m.path.as_ref(),
+            stale_after: m.stale_after,
+        });
     })
     .await?;
     let previous = match previous {
@@ -160,10 +166,18 @@ pub async fn backup_artifacts(
         });
     }
     let mut last = None;
-    for _ in 0..8 {
+    for id in ids_of_the_millisecond(now) {
+        // An id in use is skipped before writing: an inventory with the
+        // same content under it (an unchanged store, backed up twice in the
+        // same millisecond) would count as a retried write of that one, and
+        // the two backups would share one inventory.
+        if inventory_exists(repo, &id).await? {
+            last = Some(id);
+            continue;
+        }
         let inventory = Inventory {
             version: INVENTORY_VERSION,
-            id: SnapshotId::new(now),
+            id,
             taken: now,
             source: options.source_id.clone(),
             entries: std::mem::take(&mut entries),
@@ -182,7 +196,7 @@ pub async fn backup_artifacts(
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
-            // An id taken in the same second: draw another suffix.
+            // Taken meanwhile by another backup: the next id.
             Err(Error::Repository(warmspare_store::Error::AlreadyExists { .. })) => {
                 entries = inventory.entries;
                 last = Some(inventory.id);
@@ -195,6 +209,20 @@ pub async fn backup_artifacts(
             .map(|id| layout::inventory(&id).to_string())
             .unwrap_or_default(),
     }))
+}
+
+/// The 16 ids of `now`'s millisecond (they differ in their last hex
+/// digit, see [`SnapshotId::new`]), starting at a random one: a backup
+/// takes the first that is free.
+fn ids_of_the_millisecond(now: OffsetDateTime) -> impl Iterator<Item = SnapshotId> {
+    let drawn = SnapshotId::new(now);
+    let suffix = drawn
+        .as_str()
+        .get(17..)
+        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+        .unwrap_or(0);
+    let (millisecond, nibble) = (suffix & !0xf, suffix & 0xf);
+    (0..16).map(move |k| SnapshotId::with_suffix(now, millisecond | ((nibble + k) & 0xf)))
 }
 
 /// Whether inventory `id` is (still) in the repository.

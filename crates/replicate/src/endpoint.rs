@@ -3,12 +3,13 @@
 //! directly ([`crate::local`]).
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::stream::BoxStream;
 use object_store::{ObjectMeta, ObjectStore};
+use warmspare_store::Store;
 
 use crate::error::{Error, Result, Side};
 use crate::listing::{ListOrder, ahead, checked, sorted_listing};
@@ -62,9 +63,28 @@ impl Endpoint {
         }
     }
 
+    /// The endpoint for an opened [`Store`]: a `file://` store (one with a
+    /// [`Store::local_root`]) is its directory, read and written directly
+    /// ([`Endpoint::local`]); any other store, and a store assembled with
+    /// `Store::from_parts`, is used through its `ObjectStore`
+    /// ([`Endpoint::new`]). What `warmspare sync`, `warmspare restore
+    /// artifacts` and the agent's `sync` job use.
+    pub fn for_store(store: &Store) -> Self {
+        match store.local_root() {
+            Some(root) => Self::local(Arc::clone(store.object_store()), root),
+            None => Self::new(Arc::clone(store.object_store())),
+        }
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
+    }
+
+    /// The directory that the mirror lists, reads and writes directly;
+    /// `None` for a store used only through the `ObjectStore` interface.
+    pub fn local_root(&self) -> Option<&FsPath> {
+        self.dir.as_ref().map(LocalDir::root)
     }
 
     pub(crate) fn dir(&self) -> Option<&LocalDir> {
@@ -171,6 +191,27 @@ impl Ctx {
         copied
     }
 
+    /// Copies as `request` says (a restore: a blob to an object of the
+    /// target), writing the target's directory directly when it is one:
+    /// without an `fsync` per object, made durable before a record names
+    /// the copy ([`Ctx::make_durable`]), like [`Ctx::copy_object`].
+    pub(crate) async fn copy_to_target(
+        &self,
+        request: &CopyRequest<'_>,
+        attempts: &Attempts,
+    ) -> Result<Copied> {
+        let Some(dir) = self.target_dir.as_ref() else {
+            return self.mover.copy(request, attempts).await;
+        };
+        self.target_dirty.store(true, Ordering::Release);
+        let copied = self.mover.copy_into(request, attempts, Some(dir)).await;
+        self.target_dirty.store(true, Ordering::Release);
+        if let Ok(c) = &copied {
+            self.write_back_early(c.size);
+        }
+        copied
+    }
+
     /// Starts writing the target's dirty pages out in the background once
     /// [`WRITE_BACK_EVERY`] bytes were copied since the last start, so that
     /// the durability point at the end waits for the tail only. Not a
@@ -256,5 +297,39 @@ impl Ctx {
                     },
                 )
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warmspare_store::StoreConfig;
+
+    #[test]
+    fn file_stores_are_their_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = Store::open(&StoreConfig::new(format!(
+            "file://{}",
+            dir.path().display()
+        )))
+        .unwrap();
+        let endpoint = Endpoint::for_store(&file);
+        assert_eq!(endpoint.local_root(), Some(dir.path()));
+        assert!(Arc::ptr_eq(endpoint.store(), file.object_store()));
+
+        let s3 = Store::open(
+            &StoreConfig::new("s3://bucket/prefix")
+                .with_region("us-east-1")
+                .with_endpoint("http://127.0.0.1:9")
+                .with_allow_http(true),
+        )
+        .unwrap();
+        assert_eq!(Endpoint::for_store(&s3).local_root(), None);
+        let parts = Store::from_parts(
+            "file:///elsewhere",
+            Arc::clone(file.object_store()),
+            Arc::clone(file.cas()),
+        );
+        assert_eq!(Endpoint::for_store(&parts).local_root(), None);
     }
 }

@@ -11,7 +11,9 @@
 //!   directly.
 //! * [`backup_artifacts`] → [`ArtifactBackup`] holding an [`Inventory`]
 //!   (`warmspare backup artifacts`); [`restore_artifacts`] writes one
-//!   inventory's state into a store (`warmspare restore artifacts`);
+//!   inventory's state into a store (`warmspare restore artifacts`;
+//!   [`restore_artifacts_to`] with an [`Endpoint`] writes a `file://`
+//!   directory directly);
 //!   [`read_inventory`], [`list_inventories`].
 //! * [`take_recovery_point`] (`warmspare backup`): a database snapshot
 //!   (through `warmspare-snapshot`), the WAL position and an artifact
@@ -154,6 +156,6 @@ pub use reconcile::{
     DigestAlgorithm, ExpectedArtifact, MAX_REPORTED_KEYS, Mismatch, ReconcileReport, reconcile,
 };
 pub use recovery::{PointEvent, PointRequest, TakenPoint, previous_inventory, take_recovery_point};
-pub use restore::restore_artifacts;
+pub use restore::{restore_artifacts, restore_artifacts_to};
 pub use sync::{Endpoint, ProgressFn, SyncEvent, SyncReport, sync, sync_endpoints};
 pub use warmspare_store::object_store;

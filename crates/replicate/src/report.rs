@@ -60,6 +60,16 @@ pub enum SyncEvent<'a> {
         /// Why.
         error: &'a Error,
     },
+    /// An artifact backup waits for a running prune to finish before it
+    /// reads the repository (once per prune waited for): the prune's
+    /// activity marker, and how long the marker stays live without being
+    /// refreshed (how long a prune that died makes backups wait).
+    WaitingForPrune {
+        /// The prune's marker (`activity/prune/<id>.json`).
+        marker: &'a str,
+        /// How long the marker stays live without a refresh.
+        stale_after: std::time::Duration,
+    },
 }
 
 /// A progress callback shared by the workers of a run.

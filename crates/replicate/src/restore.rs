@@ -1,4 +1,8 @@
 //! Artifact restore: make a store hold exactly one inventory's state.
+//!
+//! Into a `file://` directory ([`Endpoint::local`]) the target is listed,
+//! hashed and written directly, as the mirror does (module `local`); blobs
+//! are read from the repository through its store either way.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,9 +14,10 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use warmspare_store::{EncryptionKey, Repository, SnapshotId, layout};
 
 use crate::blob::{self, BlobCodec};
+use crate::endpoint::Endpoint;
 use crate::error::{Error, Result, Side};
 use crate::inventory::{InventoryEntry, read_inventory};
-use crate::listing::{is_reserved, sorted_listing};
+use crate::listing::is_reserved;
 use crate::merge::{self, Pair};
 use crate::options::SyncOptions;
 use crate::state::{StateEntry, Token};
@@ -54,6 +59,26 @@ pub async fn restore_artifacts(
     options: &SyncOptions,
     progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
 ) -> Result<SyncReport> {
+    let target = Endpoint::new(Arc::clone(target));
+    restore_artifacts_to(repo, inventory_id, &target, options, progress).await
+}
+
+/// [`restore_artifacts`] into an [`Endpoint`]: with [`Endpoint::local`]
+/// (or [`Endpoint::for_store`] of a `file://` store) the target directory
+/// is listed, hashed and written directly, as the mirror does: no `fsync`
+/// per object, the directory made durable once before the state record
+/// names what was restored. Same semantics otherwise: missing and changed
+/// objects are written, matching ones left alone, extras reported and
+/// deleted only with `options.delete`. Blobs of an encrypted repository
+/// are still written through the target's `ObjectStore`.
+pub async fn restore_artifacts_to(
+    repo: &Repository,
+    inventory_id: &SnapshotId,
+    target_endpoint: &Endpoint,
+    options: &SyncOptions,
+    progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
+) -> Result<SyncReport> {
+    let target = target_endpoint.store();
     options.validate()?;
     let started = tokio::time::Instant::now();
     let inventory = read_inventory(repo, inventory_id).await?;
@@ -67,18 +92,26 @@ pub async fn restore_artifacts(
         Some(reader) => (reader.source, reader.entries),
         None => (None, stream::empty().boxed()),
     };
-    let ctx = Ctx::new(
+    let mut ctx = Ctx::new(
         repo.store().object_store(),
         target,
         options,
         Arc::new(progress),
         false,
     );
+    if let Some(dir) = target_endpoint.dir() {
+        let Some(fresh) = Arc::get_mut(&mut ctx) else {
+            return Err(Error::Task {
+                reason: "the restore's context was shared before it was set up".into(),
+            });
+        };
+        fresh.target_dir = Some(dir.clone());
+    }
     let wanted = stream::iter(inventory.entries.into_iter().map(Ok)).boxed();
     let items = merge::attach(
         merge::merge_sorted(
             wanted,
-            sorted_listing(Arc::clone(target), Side::Target, options.list_order),
+            target_endpoint.listing(Side::Target, options.list_order),
         ),
         records,
         Box::new(|e| tracing::warn!(error = %e, "ignoring the rest of the sync state")),
@@ -147,10 +180,7 @@ async fn work_on(ctx: &Ctx, key: Option<&EncryptionKey>, work: Work) -> Outcome 
     let (entry, keep) = match work {
         Work::Restore { entry, keep } => (entry, keep),
         Work::Verify { entry, target } => {
-            let hashed = retrying(ctx, &entry.key, || {
-                ctx.mover.hash(&ctx.target, &target.location, Side::Target)
-            })
-            .await;
+            let hashed = retrying(ctx, &entry.key, || ctx.hash_object(Side::Target, &target)).await;
             ctx.hashed.fetch_add(1, Ordering::Relaxed);
             match hashed {
                 Ok(h) if h.sha256 == entry.sha256 => {
@@ -259,7 +289,7 @@ async fn restore_one(
             verify: ctx.options.verify,
             create: false,
         };
-        ctx.mover.copy(&request, &attempts).await
+        ctx.copy_to_target(&request, &attempts).await
     })
     .await;
     let copied = match copied {

@@ -217,8 +217,8 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         let (source, target) = (source.clone(), target.clone());
         async move {
             sync_endpoints(
-                &endpoint(&source),
-                &endpoint(&target),
+                &Endpoint::for_store(&source),
+                &Endpoint::for_store(&target),
                 &options,
                 move |e: &SyncEvent<'_>| progress.event(e),
             )
@@ -235,15 +235,6 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     );
     print_summary("sync", global.json, &summary, args.delete)?;
     Ok(exit_code(&report))
-}
-
-/// The mirror's view of a store: a `file://` store's directory is listed,
-/// read and written directly.
-pub(crate) fn endpoint(store: &Store) -> Endpoint {
-    match store.local_root() {
-        Some(root) => Endpoint::local(std::sync::Arc::clone(store.object_store()), root),
-        None => Endpoint::new(std::sync::Arc::clone(store.object_store())),
-    }
 }
 
 /// Exit code 1 when an object failed or requested deletions were refused.
@@ -498,6 +489,17 @@ impl ArtifactProgress {
             SyncEvent::Failed { key, error } => {
                 self.line(&mut s, &format!("failed {key}: {}", one_line(*error)));
             }
+            SyncEvent::WaitingForPrune {
+                marker,
+                stale_after,
+            } => self.line(
+                &mut s,
+                &format!(
+                    "waiting for a running prune to finish ({marker}; a prune that stops \
+                     refreshing it is taken for dead after {})",
+                    output::duration(*stale_after)
+                ),
+            ),
             _ => {}
         }
         let now = Instant::now();

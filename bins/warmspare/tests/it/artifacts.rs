@@ -1018,3 +1018,96 @@ async fn encrypted_artifacts_on_s3() {
     assert_eq!(s["copied"].as_u64(), Some(4), "{s:#}");
     assert_eq!(read_tree(&restored), tree(FILES));
 }
+
+/// `backup artifacts` waits while a prune runs (its live activity marker
+/// in the repository) and says so on stderr; once the prune is gone it
+/// goes on and records its inventory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_says_that_it_waits_for_a_running_prune() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let cli = Cli::new();
+    let arts = cli.path("artifacts");
+    let repo = cli.path("repo");
+    write_files(&arts, FILES);
+    cli.config(&format!(
+        "site = \"primary\"\n[repository]\nurl = \"{}\"\n\
+         [sites.primary]\ndatabase = \"postgres://127.0.0.1:9/none\"\nartifacts = \"{}\"\n",
+        file_url(&repo),
+        file_url(&arts)
+    ));
+    let first = cli.expect(0, &["backup", "artifacts"]).await;
+    assert!(!first.stderr.contains("waiting"), "{}", first.stderr);
+
+    // A prune that runs: its marker, just written (live for ten minutes
+    // unless refreshed).
+    let id = "20261122T080000Z-0000";
+    let marker = repo.join("activity/prune").join(format!("{id}.json"));
+    std::fs::create_dir_all(marker.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &marker,
+        format!(
+            r#"{{"version":1,"activity":"prune","id":"{id}","started":"2026-11-22T08:00:00Z","stale_after_seconds":600}}"#
+        ),
+    )
+    .expect("marker");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_warmspare"))
+        .args(["--json", "backup", "artifacts"])
+        .current_dir(cli.dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_BACKTRACE", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the warmspare binary runs");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let waiting = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = stderr.next_line().await.expect("read stderr") {
+            seen.push(line.clone());
+            if line.contains("waiting for a running prune to finish") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no waiting line on stderr: {seen:#?}"))
+    .unwrap_or_else(|| panic!("the backup ended without waiting: {seen:#?}"));
+    assert!(
+        waiting.starts_with("backup: ") && waiting.contains(&format!("activity/prune/{id}.json")),
+        "{waiting}"
+    );
+    // Still waiting: nothing recorded yet.
+    let inventories = || {
+        std::fs::read_dir(repo.join("inventories"))
+            .expect("inventories")
+            .count()
+    };
+    assert_eq!(inventories(), 1, "only the first backup's inventory");
+
+    // The prune ends; the backup goes on.
+    std::fs::remove_file(&marker).expect("remove the marker");
+    let rest = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        while let Some(line) = stderr.next_line().await.expect("read stderr") {
+            rest.push(line);
+        }
+        rest
+    });
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut child.stdout.take().expect("stdout"), &mut stdout)
+        .await
+        .expect("read stdout");
+    let status = child.wait().await.expect("wait");
+    let rest = rest.await.expect("stderr reader");
+    assert_eq!(status.code(), Some(0), "{seen:#?}\n{rest:#?}\n{stdout}");
+    assert!(!rest.iter().any(|l| l.contains("panicked")), "{rest:#?}");
+    let summary: Value = serde_json::from_str(&stdout).expect("JSON summary");
+    assert_eq!(summary["unchanged"].as_u64(), Some(4), "{summary:#}");
+    assert_eq!(inventories(), 2);
+}

@@ -15,3 +15,4 @@ mod local;
 mod mirror;
 mod points;
 mod reconcile;
+mod restore_local;
