@@ -177,6 +177,13 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             )
             .into());
         }
+        if args.parallel_load {
+            return Err(UsageError(
+                "--parallel-load is for logical restores into a database (--to postgres://...)"
+                    .into(),
+            )
+            .into());
+        }
         let data_dir = data_dir(&args.to)?;
         return run_physical(global, &args, &data_dir);
     }
@@ -231,6 +238,16 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             manifest.id,
             output::scrub(&redact_url(&args.to), &secrets)
         );
+        if args.parallel_load
+            && warmspare_snapshot::LogicalMeta::from_manifest(&manifest)
+                .is_ok_and(|meta| meta.is_directory())
+        {
+            eprintln!(
+                "restore: snapshot {} was taken with `backup db --jobs` (directory format): \
+                 --parallel-load does not apply to it; pg_restore --jobs {} restores it",
+                manifest.id, args.jobs
+            );
+        }
         restore_logical(
             &repository,
             &manifest.id,
@@ -317,10 +334,11 @@ fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCod
             if args.dry_run { " (dry run)" } else { "" }
         );
         let p = Arc::clone(&progress);
-        let report = warmspare_replicate::restore_artifacts(
+        // A `file://` target's directory is written directly.
+        let report = warmspare_replicate::restore_artifacts_to(
             &repository,
             &id,
-            target.object_store(),
+            &warmspare_replicate::Endpoint::for_store(&target),
             &options,
             move |e: &warmspare_replicate::SyncEvent<'_>| p.event(e),
         )

@@ -8,8 +8,10 @@ mod crash;
 mod demo;
 mod drill;
 mod init;
+mod parallel_load;
 mod physical;
 mod snapshots;
+mod spool;
 mod verify_physical;
 mod wal;
 

@@ -35,7 +35,9 @@ pub struct LogicalBackup {
 /// `pg_dump --format=directory --jobs N` writes into a local spool
 /// directory instead, and each of its files is uploaded as its own object
 /// (`database/<file>`) while it is written (see the module docs of
-/// `directory`). The codec is fed in fixed chunks, so the same dump is
+/// `directory`); the spool directory of a process killed with SIGKILL is
+/// removed by the next backup with jobs that spools into the same
+/// directory. The codec is fed in fixed chunks, so the same dump is
 /// stored in the same size whatever the timing of `pg_dump`'s output. It
 /// dumps the snapshot of a REPEATABLE READ transaction that this function
 /// holds open on its own connection (`pg_export_snapshot()` →
@@ -267,8 +269,9 @@ async fn dump(
     }
 }
 
-/// `pg_dump --format=directory --jobs N` into a spool directory, its files
-/// uploaded as they are written, while `count` counts rows.
+/// `pg_dump --format=directory --jobs N` into a spool directory
+/// ([`directory::Spool`]), its files uploaded as they are written, while
+/// `count` counts rows.
 async fn dump_directory(
     writer: &mut SnapshotWriter,
     tools: &Tools,
@@ -278,22 +281,10 @@ async fn dump_directory(
     count: impl std::future::Future<Output = Result<Option<Vec<TableRows>>>>,
     emit: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<Option<Vec<TableRows>>> {
-    let builder = {
-        let mut b = tempfile::Builder::new();
-        b.prefix("warmspare-dump-");
-        b
-    };
-    let spool = match &options.spool_dir {
-        Some(dir) => builder.tempdir_in(dir),
-        None => builder.tempdir(),
-    }
-    .map_err(|e| Error::Spool {
-        path: options.spool_dir.as_ref().map_or_else(
-            || "(temporary directory)".into(),
-            |d| d.display().to_string(),
-        ),
-        source: e,
-    })?;
+    // Also removes the spools that killed backups and restores left in
+    // the same place.
+    let base = options.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let spool = directory::Spool::create(&base, "dump")?;
     let shared = directory::Shared::new();
     let _watcher = directory::watch(spool.path(), &shared);
     command

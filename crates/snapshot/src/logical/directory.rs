@@ -19,6 +19,12 @@
 //! `pg_dump` exits successfully a final listing uploads anything the
 //! watch missed (an inotify queue overflow); a file counts as complete
 //! only once `pg_dump` closed it or exited successfully.
+//!
+//! Spool directories ([`Spool`]) outlive a process that is killed with
+//! SIGKILL. Each holds an `flock` on its own lock file while in use, and
+//! whoever creates a spool first removes the spools in the same base
+//! directory whose lock it can take: those of dead processes, never one in
+//! use (see [`remove_stale_spools`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
@@ -422,4 +428,328 @@ async fn download(
         .read_manifest_file(manifest, object, &mut out, Some(&progress))
         .await?;
     Ok(info.size)
+}
+
+/// Every spool directory's name starts with this (then the kind, the
+/// process id, the creation time in Unix seconds and a random suffix).
+pub(crate) const SPOOL_PREFIX: &str = "warmspare-spool-";
+
+/// The lock file in a spool directory: `flock`ed by the owner while the
+/// spool is in use.
+pub(crate) const SPOOL_LOCK: &str = "lock";
+
+/// The directory inside a spool that is handed to `pg_dump` (or
+/// `pg_restore`): empty when the spool is created.
+const SPOOL_WORK: &str = "data";
+
+/// A spool being set up: renamed to its [`SPOOL_PREFIX`] name only once its
+/// lock is held, so that no cleanup ever sees a spool whose owner has not
+/// locked it yet. (A process killed in that instant leaves an empty
+/// directory of this name behind, which is never removed.)
+const SPOOL_NEW_PREFIX: &str = ".warmspare-spool-new-";
+
+/// A local spool directory held by this process:
+/// `<base>/warmspare-spool-<kind>-<pid>-<unix time>-<random>/` with the lock
+/// file [`SPOOL_LOCK`] (locked while this value lives) and the work
+/// directory [`Spool::path`]. Removed, work directory and all, when
+/// dropped; a process killed with SIGKILL leaves it behind, unlocked, and
+/// the next [`Spool::create`] in the same base removes it.
+#[derive(Debug)]
+pub(crate) struct Spool {
+    root: PathBuf,
+    work: PathBuf,
+    /// Locked, unless the file system has no `flock` (then the spool is
+    /// never taken for stale, and never cleaned up by others).
+    _lock: std::fs::File,
+}
+
+impl Spool {
+    /// Creates a spool in `base` (which must exist), after removing the
+    /// stale spools there ([`remove_stale_spools`]: best effort, owned by
+    /// the same user). `kind` names the user in the directory's name
+    /// (`dump`, `restore`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Spool`] when the directory cannot be created.
+    pub(crate) fn create(base: &Path, kind: &str) -> Result<Self> {
+        let fresh = tempfile::Builder::new()
+            .prefix(SPOOL_NEW_PREFIX)
+            .tempdir_in(base)
+            .map_err(spool_error(base))?;
+        remove_stale_spools(base, owner(fresh.path()));
+        let lock_path = fresh.path().join(SPOOL_LOCK);
+        let lock = std::fs::File::create_new(&lock_path).map_err(spool_error(&lock_path))?;
+        // Nobody else knows this file yet: the lock is free, unless the
+        // file system has no locks at all (then the spool is kept from
+        // cleanups by their failing to lock it just the same).
+        let _ = lock.try_lock();
+        let work = fresh.path().join(SPOOL_WORK);
+        std::fs::create_dir(&work).map_err(spool_error(&work))?;
+        let random = fresh
+            .path()
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(SPOOL_NEW_PREFIX))
+            .unwrap_or_default()
+            .to_owned();
+        // A label for whoever looks at the directory; the lock, not the
+        // name, says whether it is in use.
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let root = base.join(format!(
+            "{SPOOL_PREFIX}{kind}-{}-{created}-{random}",
+            std::process::id()
+        ));
+        // On failure `fresh` is dropped, and removed.
+        std::fs::rename(fresh.path(), &root).map_err(spool_error(&root))?;
+        let _ = fresh.keep();
+        Ok(Self {
+            work: root.join(SPOOL_WORK),
+            root,
+            _lock: lock,
+        })
+    }
+
+    /// The work directory: empty when created.
+    pub(crate) fn path(&self) -> &Path {
+        &self.work
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // Still locked here: the lock file goes last (see `remove_spool`),
+        // then the field closes it.
+        let _ = remove_spool(&self.root);
+    }
+}
+
+/// The owner of `path` (the user a cleanup may remove spools of).
+fn owner(path: &Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::symlink_metadata(path).ok().map(|m| m.uid())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Removes the stale spool directories in `base`, best effort, and returns
+/// the ones removed: directories named [`SPOOL_PREFIX`]`...` (owned by
+/// `owner`, when given) whose lock file [`SPOOL_LOCK`] this process can
+/// lock, that is whose owner died without removing them (a SIGKILL, a
+/// crash, a power loss). A spool in use is locked by its live owner and
+/// kept, as is anything else in `base`. The lock is held while the
+/// directory is emptied, and the lock file removed last, so two cleanups
+/// never race each other into a spool; one that was itself killed midway
+/// leaves a spool that is still recognised (with its lock file, or empty).
+pub(crate) fn remove_stale_spools(base: &Path, owner: Option<u32>) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SPOOL_PREFIX))
+        })
+        .map(|e| e.path())
+        .filter(|root| remove_if_stale(root, owner))
+        .collect()
+}
+
+/// Removes spool `root` if it is stale; true when it was removed.
+fn remove_if_stale(root: &Path, uid: Option<u32>) -> bool {
+    // Directories only, never through a symbolic link.
+    let Ok(meta) = std::fs::symlink_metadata(root) else {
+        return false;
+    };
+    if !meta.is_dir() || (uid.is_some() && owner(root) != uid) {
+        return false;
+    }
+    let lock_path = root.join(SPOOL_LOCK);
+    match std::fs::symlink_metadata(&lock_path) {
+        Ok(meta) if meta.is_file() => {}
+        // No lock file: a cleanup killed after removing it, which it does
+        // last. Only an empty directory goes.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return std::fs::remove_dir(root).is_ok();
+        }
+        _ => return false,
+    }
+    let Ok(lock) = std::fs::File::open(&lock_path) else {
+        return false;
+    };
+    // Held by a live owner (or another cleanup), or no locks here at all:
+    // keep it.
+    if lock.try_lock().is_err() {
+        return false;
+    }
+    remove_spool(root).is_ok()
+}
+
+/// Removes spool `root`, whose lock the caller holds: the contents, then
+/// the lock file, then the directory. Whatever is already gone is fine.
+fn remove_spool(root: &Path) -> io::Result<()> {
+    let gone = |result: io::Result<()>| match result {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    };
+    let entries = match std::fs::read_dir(root) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        entries => entries?,
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_name() == SPOOL_LOCK {
+            continue;
+        }
+        let path = entry.path();
+        gone(match entry.file_type()?.is_dir() {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        })?;
+    }
+    gone(std::fs::remove_file(root.join(SPOOL_LOCK)))?;
+    gone(std::fs::remove_dir(root))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A spool as a process killed with SIGKILL leaves it: a lock file
+    /// nobody holds, and a work directory with a partial dump.
+    fn stale_spool(base: &Path, name: &str) -> PathBuf {
+        let root = base.join(name);
+        std::fs::create_dir_all(root.join(SPOOL_WORK).join("sub")).unwrap();
+        std::fs::write(root.join(SPOOL_LOCK), b"").unwrap();
+        std::fs::write(root.join(SPOOL_WORK).join("3001.dat"), vec![7u8; 4096]).unwrap();
+        std::fs::write(root.join(SPOOL_WORK).join("sub").join("x"), b"x").unwrap();
+        root
+    }
+
+    #[test]
+    fn a_spool_is_locked_while_it_lives_and_removed_when_dropped() {
+        let base = tempfile::tempdir().unwrap();
+        let spool = Spool::create(base.path(), "dump").unwrap();
+        let root = spool.root.clone();
+        let name = root.file_name().unwrap().to_str().unwrap().to_owned();
+        let pid = std::process::id().to_string();
+        assert!(name.starts_with("warmspare-spool-dump-"), "{name}");
+        assert_eq!(name.split('-').nth(3), Some(pid.as_str()), "{name}");
+        assert_eq!(spool.path(), root.join(SPOOL_WORK));
+        assert!(std::fs::read_dir(spool.path()).unwrap().next().is_none());
+        std::fs::write(spool.path().join("toc.dat"), b"toc").unwrap();
+
+        // Another open file description cannot take the lock (flock
+        // conflicts even within one process), so no cleanup takes it.
+        let other = std::fs::File::open(root.join(SPOOL_LOCK)).unwrap();
+        assert!(other.try_lock().is_err());
+        drop(other);
+        assert!(remove_stale_spools(base.path(), owner(base.path())).is_empty());
+        let second = Spool::create(base.path(), "restore").unwrap();
+        assert!(root.join(SPOOL_WORK).join("toc.dat").exists());
+
+        drop(spool);
+        assert!(!root.exists());
+        assert_eq!(
+            names(base.path()),
+            [second.root.file_name().unwrap().to_str().unwrap()]
+        );
+        drop(second);
+        assert!(names(base.path()).is_empty());
+    }
+
+    #[test]
+    fn cleanup_removes_dead_spools_only() {
+        let base = tempfile::tempdir().unwrap();
+        let stale = stale_spool(base.path(), "warmspare-spool-dump-4242-1700000000-aB3dEf");
+        // Held by a live owner: a lock on its lock file.
+        let live = stale_spool(base.path(), "warmspare-spool-dump-4343-1700000001-gH4iJk");
+        let held = std::fs::File::open(live.join(SPOOL_LOCK)).unwrap();
+        held.lock().unwrap();
+        // A cleanup killed after removing the lock file: empty, goes; one
+        // without a lock file that is not empty is not ours to judge.
+        let emptied = base.path().join("warmspare-spool-dump-1-2-emptied");
+        std::fs::create_dir(&emptied).unwrap();
+        let unlocked = base.path().join("warmspare-spool-dump-1-2-nolock");
+        std::fs::create_dir_all(unlocked.join(SPOOL_WORK)).unwrap();
+        // Not spools: other names, a spool being set up, a symbolic link
+        // to a stale spool, a plain file.
+        let other = stale_spool(base.path(), "warmspare-dump-abc");
+        let new = stale_spool(base.path(), ".warmspare-spool-new-xyz");
+        let target = stale_spool(&base.path().join("elsewhere"), "warmspare-spool-dump-5-6-t");
+        std::os::unix::fs::symlink(&target, base.path().join("warmspare-spool-dump-7-8-link"))
+            .unwrap();
+        std::fs::write(base.path().join("warmspare-spool-file"), b"").unwrap();
+
+        let mut removed = remove_stale_spools(base.path(), owner(base.path()));
+        removed.sort();
+        assert_eq!(removed, [emptied.clone(), stale.clone()]);
+        assert!(!stale.exists() && !emptied.exists());
+        for kept in [&live, &unlocked, &other, &new, &target] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert!(live.join(SPOOL_WORK).join("3001.dat").exists());
+        assert!(target.join(SPOOL_WORK).join("3001.dat").exists());
+        assert!(base.path().join("warmspare-spool-file").exists());
+
+        // Once its owner is gone, the live one is stale too.
+        drop(held);
+        assert_eq!(remove_stale_spools(base.path(), None), vec![live.clone()]);
+        assert!(!live.exists());
+    }
+
+    #[test]
+    fn cleanup_keeps_spools_of_other_users() {
+        let base = tempfile::tempdir().unwrap();
+        let stale = stale_spool(base.path(), "warmspare-spool-dump-1-2-x");
+        let mine = owner(&stale).unwrap();
+        assert!(remove_stale_spools(base.path(), Some(mine.wrapping_add(1))).is_empty());
+        assert!(stale.exists());
+        assert_eq!(
+            remove_stale_spools(base.path(), Some(mine)),
+            vec![stale.clone()]
+        );
+    }
+
+    #[test]
+    fn creating_a_spool_removes_stale_ones() {
+        let base = tempfile::tempdir().unwrap();
+        let stale = stale_spool(base.path(), "warmspare-spool-restore-99-1-q");
+        let spool = Spool::create(base.path(), "dump").unwrap();
+        assert!(!stale.exists());
+        assert_eq!(
+            names(base.path()),
+            [spool.root.file_name().unwrap().to_str().unwrap()]
+        );
+    }
+
+    #[test]
+    fn a_missing_base_is_a_spool_error() {
+        let base = tempfile::tempdir().unwrap();
+        let missing = base.path().join("missing");
+        let e = Spool::create(&missing, "dump").unwrap_err();
+        assert!(matches!(e, Error::Spool { .. }), "{e}");
+        assert!(e.to_string().contains("missing"), "{e}");
+        assert!(remove_stale_spools(&missing, None).is_empty());
+    }
 }

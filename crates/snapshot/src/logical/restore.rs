@@ -510,12 +510,7 @@ async fn restore_dump_ordered(
     let scrub = |text| staging.scrub(text);
 
     if meta.is_directory() {
-        let spool = spool_builder("warmspare-restore-", "")
-            .tempdir_in(spool_dir(options))
-            .map_err(|e| Error::Spool {
-                path: spool_dir(options).display().to_string(),
-                source: e,
-            })?;
+        let spool = super::directory::Spool::create(&spool_dir(options), "restore")?;
         let size =
             super::directory::download_all(repo, manifest, &meta.dump_file, spool.path(), emit)
                 .await?;
@@ -579,8 +574,11 @@ async fn restore_dump_ordered(
             }
         }
     } else {
+        // A spool directory of its own (locked while in use, so that a
+        // later run removes it after a kill -9), dropped after the file.
+        let held = super::directory::Spool::create(&spool_dir(options), "restore")?;
         let spool = spool_builder("warmspare-restore-", ".pgdump")
-            .tempfile_in(spool_dir(options))
+            .tempfile_in(held.path())
             .map_err(|e| Error::Spool {
                 path: spool_dir(options).display().to_string(),
                 source: e,
@@ -593,7 +591,9 @@ async fn restore_dump_ordered(
         let info = repo
             .read_manifest_file(manifest, &meta.dump_file, &mut file, Some(&bytes))
             .await?;
-        file.sync_data().await.map_err(spool_error)?;
+        // Written out, not made durable: the spool does not outlive the
+        // run, and pg_restore reads it from the page cache.
+        file.flush().await.map_err(spool_error)?;
         drop(file);
         // The spool file may be unreadable to other users; pg_restore runs
         // as the caller, so that is fine.

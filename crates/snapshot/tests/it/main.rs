@@ -12,4 +12,5 @@ mod logical;
 mod prune;
 mod roundtrip;
 mod spare;
+mod spool;
 mod wal;
