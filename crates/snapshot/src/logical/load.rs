@@ -1,6 +1,11 @@
-//! The parallel loader of a custom-format dump: one large table loaded over
-//! several connections at once, which `pg_restore --jobs` cannot do (it
-//! gives each table's data to one connection).
+//! The loader of a custom-format dump. With one job it is how every
+//! custom-format snapshot is restored: `pg_restore` still writes the SQL,
+//! but the rows pass through warmspare, which counts them from the COPY
+//! command tags (no `count(*)` over the loaded tables afterwards) while
+//! its own work runs beside the server's COPY instead of after it. With
+//! [`RestoreOptions::parallel_load`] and more jobs, one large table is
+//! loaded over several connections at once, which `pg_restore --jobs`
+//! cannot do (it gives each table's data to one connection).
 //!
 //! Three passes over the stored dump, each verified as it streams:
 //!
@@ -23,9 +28,10 @@
 //!    again only the table of contents. It only starts once pass 2 read
 //!    the whole dump and its digest matched.
 //!
-//! Rows end up in a different physical order than in the source (chunks
-//! of one table commit in any order), so a `pg_dump` of the copy lists
-//! them differently; the contents are equal. Each COPY's command tag gives
+//! With one connection the rows keep the source's order (a table's chunks
+//! go, in order, into one COPY). With several they end up in a different
+//! physical order (chunks of one table commit in any order), so a
+//! `pg_dump` of the copy lists them differently; the contents are equal. Each COPY's command tag gives
 //! the rows it stored, summed per table: the row-count check needs no
 //! `count(*)` over the loaded tables.
 //!

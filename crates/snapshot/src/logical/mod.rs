@@ -173,6 +173,8 @@ pub struct RestoreOptions {
     /// snapshot: stream the dump (no spool) and load the table data over
     /// `jobs` connections, a large table's rows split among them, instead
     /// of `pg_restore --jobs` (which gives each table to one connection).
+    /// With one job a custom-format snapshot always goes through this
+    /// loader, over one connection (rows in the source's order).
     /// The tables' contents are the same, their rows' physical order is
     /// not (a `pg_dump` of the copy lists rows in another order). See
     /// `logical/load.rs`.

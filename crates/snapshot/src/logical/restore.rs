@@ -475,7 +475,11 @@ async fn restore_dump_counted(
         restore_session_settings(&mut command);
         command
     };
-    if options.parallel_load && options.jobs > 1 && !meta.is_directory() {
+    // The loader: with one job (rows in the source's order, the row
+    // counts taken from the COPY command tags, its client work on another
+    // processor than the server's COPY), or split over `jobs` connections
+    // when asked.
+    if (options.jobs <= 1 || options.parallel_load) && !meta.is_directory() {
         let (bytes, rows) = load::restore_parallel(
             repo,
             manifest,
