@@ -274,6 +274,9 @@ impl Ctx {
 
     /// Makes what this run wrote to a filesystem target durable, before a
     /// record says that it was copied. Nothing to do for other stores.
+    /// Once durable, the staged files of runs that died mid-copy, which
+    /// the target's walk found (see [`local::STALE_STAGED`]), are removed:
+    /// only a run that writes to the target gets here.
     pub(crate) async fn make_durable(&self) -> Result<()> {
         let Some(dir) = self.target_dir.clone() else {
             return Ok(());
@@ -282,21 +285,28 @@ impl Ctx {
             return Ok(());
         }
         let root = dir.root().display().to_string();
-        tokio::task::spawn_blocking(move || local::make_durable(&dir))
-            .await
-            .map_err(task_error)?
-            .map_err(|e| {
-                self.target_dirty.store(true, Ordering::Release);
-                Error::object(
-                    Side::Target,
-                    root,
-                    "syncing",
-                    object_store::Error::Generic {
-                        store: "LocalFileSystem",
-                        source: Box::new(e),
-                    },
-                )
-            })
+        tokio::task::spawn_blocking(move || {
+            local::make_durable(&dir)?;
+            let removed = dir.remove_stale_staged();
+            if removed > 0 {
+                tracing::info!(removed, "removed staged files left by a run that died");
+            }
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(task_error)?
+        .map_err(|e| {
+            self.target_dirty.store(true, Ordering::Release);
+            Error::object(
+                Side::Target,
+                root,
+                "syncing",
+                object_store::Error::Generic {
+                    store: "LocalFileSystem",
+                    source: Box::new(e),
+                },
+            )
+        })
     }
 }
 

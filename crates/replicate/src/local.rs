@@ -57,17 +57,40 @@ const LIST_BATCHES: usize = 4;
 /// (1 MiB blocks cost a third more system time).
 pub(crate) const BLOCK: usize = 256 * 1024;
 
+/// A staged file whose last write is older than this was left by a run
+/// that died (a live copy writes to it every block): a target walk notes
+/// it, and [`LocalDir::remove_stale_staged`] removes it.
+pub(crate) const STALE_STAGED: Duration = Duration::from_secs(3600);
+
 /// The root directory of a `file://` store.
 #[derive(Debug, Clone)]
 pub(crate) struct LocalDir {
     root: Arc<PathBuf>,
+    /// Stale staged files the last target walk saw.
+    stale: Arc<std::sync::Mutex<Vec<PathBuf>>>,
 }
 
 impl LocalDir {
     pub(crate) fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: Arc::new(root.into()),
+            stale: Arc::default(),
         }
+    }
+
+    /// Removes the staged files that the last walk of this directory as a
+    /// target found older than [`STALE_STAGED`] (left by a run killed in
+    /// the middle of a copy; no listing shows them, so nothing else ever
+    /// would). Call it only from a run that changes the target (not a dry
+    /// run). Returns how many were removed.
+    pub(crate) fn remove_stale_staged(&self) -> usize {
+        let stale = std::mem::take(&mut *self.stale.lock().unwrap_or_else(|e| e.into_inner()));
+        stale
+            .iter()
+            // Checked again: a file renewed since (a live run's copy,
+            // however unlikely after an hour) stays.
+            .filter(|path| is_stale(path) && fs::remove_file(path).is_ok())
+            .count()
     }
 
     pub(crate) fn root(&self) -> &FsPath {
@@ -93,6 +116,18 @@ fn is_staged_name(name: &str) -> bool {
         Some((_, suffix)) => !suffix.is_empty() && suffix.bytes().all(|b| b.is_ascii_digit()),
         None => false,
     }
+}
+
+/// Whether the file at `path` was last written more than [`STALE_STAGED`]
+/// ago.
+fn is_stale(path: &FsPath) -> bool {
+    fs::symlink_metadata(path)
+        .and_then(|md| md.modified())
+        .is_ok_and(|modified| {
+            SystemTime::now()
+                .duration_since(modified)
+                .is_ok_and(|age| age > STALE_STAGED)
+        })
 }
 
 /// The metadata `LocalFileSystem` reports for a file.
@@ -143,7 +178,7 @@ pub(crate) fn list(dir: LocalDir, side: Side) -> BoxStream<'static, Result<Objec
     let (tx, rx) = mpsc::channel::<Result<Vec<ObjectMeta>>>(LIST_BATCHES);
     // Started at once (within a Tokio runtime); it stops when the stream
     // is dropped (the next send fails).
-    tokio::task::spawn_blocking(move || walk(dir.root(), side, &tx));
+    tokio::task::spawn_blocking(move || walk(&dir, side, &tx));
     stream::unfold(rx, |mut rx| async move {
         let batch = rx.recv().await?;
         Some((batch, rx))
@@ -186,7 +221,12 @@ fn list_error(side: Side, path: &FsPath, e: io::Error) -> Error {
 
 /// Reads one directory's entries, sorted by key. `None` when the
 /// directory vanished.
-fn read_level(path: &FsPath, prefix: String, side: Side) -> Result<Option<Level>> {
+fn read_level(
+    path: &FsPath,
+    prefix: String,
+    side: Side,
+    stale: &mut Vec<PathBuf>,
+) -> Result<Option<Level>> {
     let read = match fs::read_dir(path) {
         Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -234,6 +274,9 @@ fn read_level(path: &FsPath, prefix: String, side: Side) -> Result<Option<Level>
             continue;
         };
         if !dir && is_staged_name(&name) {
+            if side == Side::Target && followed.is_none() && is_stale(&entry.path()) {
+                stale.push(entry.path());
+            }
             continue;
         }
         let name = if dir { name + "/" } else { name };
@@ -254,10 +297,21 @@ fn read_level(path: &FsPath, prefix: String, side: Side) -> Result<Option<Level>
 
 /// Walks `root` depth first in key order and sends batches to `tx`; stops
 /// early when the receiver is gone.
-fn walk(root: &FsPath, side: Side, tx: &mpsc::Sender<Result<Vec<ObjectMeta>>>) {
+fn walk(dir: &LocalDir, side: Side, tx: &mpsc::Sender<Result<Vec<ObjectMeta>>>) {
+    let mut stale = Vec::new();
+    walk_tree(dir.root(), side, tx, &mut stale);
+    *dir.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
+}
+
+fn walk_tree(
+    root: &FsPath,
+    side: Side,
+    tx: &mpsc::Sender<Result<Vec<ObjectMeta>>>,
+    stale: &mut Vec<PathBuf>,
+) {
     let send = |item| tx.blocking_send(item).is_ok();
     let mut batch = Vec::with_capacity(LIST_BATCH);
-    let mut stack = match read_level(root, String::new(), side) {
+    let mut stack = match read_level(root, String::new(), side, stale) {
         Ok(level) => level.into_iter().collect::<Vec<_>>(),
         Err(e) => {
             send(Err(e));
@@ -274,7 +328,7 @@ fn walk(root: &FsPath, side: Side, tx: &mpsc::Sender<Result<Vec<ObjectMeta>>>) {
         key.push_str(&node.name);
         if node.dir {
             let path = node.entry.path();
-            match read_level(&path, key, side) {
+            match read_level(&path, key, side, stale) {
                 Ok(Some(next)) => {
                     if stack.iter().any(|l| l.id == next.id) {
                         let loop_error = io::Error::other("a symbolic link loops");
@@ -817,5 +871,42 @@ mod tests {
         let err =
             hash_file(&dir, &Path::from("gone"), Side::Source, &io_for(&cancelled)).unwrap_err();
         assert!(err.is_not_found(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn stale_staged_files_of_a_target_are_removed_on_request_only() {
+        let a = tempfile::tempdir().unwrap();
+        fs::create_dir(a.path().join("sub")).unwrap();
+        let old = SystemTime::now() - STALE_STAGED - Duration::from_secs(60);
+        for name in ["x#123000001", "sub/y#45000002"] {
+            let file = File::create(a.path().join(name)).unwrap();
+            file.set_modified(old).unwrap();
+        }
+        // Fresh: a live run's copy in progress.
+        fs::write(a.path().join("z#99000003"), b"partial").unwrap();
+        // Not a staged name, however old.
+        let kept = File::create(a.path().join("w#x")).unwrap();
+        kept.set_modified(old).unwrap();
+
+        // A source walk notes nothing.
+        let dir = LocalDir::new(a.path());
+        let listed: Vec<ObjectMeta> = list(dir.clone(), Side::Source).try_collect().await.unwrap();
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(dir.remove_stale_staged(), 0);
+        assert!(a.path().join("x#123000001").exists());
+
+        // A target walk notes the two old ones; only removing removes.
+        let dir = LocalDir::new(a.path());
+        let listed: Vec<ObjectMeta> = list(dir.clone(), Side::Target).try_collect().await.unwrap();
+        let keys: Vec<String> = listed.iter().map(|m| m.location.to_string()).collect();
+        assert_eq!(keys, ["w#x"]);
+        assert!(a.path().join("x#123000001").exists());
+        assert_eq!(dir.remove_stale_staged(), 2);
+        assert!(!a.path().join("x#123000001").exists());
+        assert!(!a.path().join("sub/y#45000002").exists());
+        assert!(a.path().join("z#99000003").exists());
+        assert!(a.path().join("w#x").exists());
+        // Taken: a second call removes nothing.
+        assert_eq!(dir.remove_stale_staged(), 0);
     }
 }
