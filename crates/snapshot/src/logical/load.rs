@@ -86,9 +86,17 @@ pub(super) async fn restore_parallel(
 ) -> Result<(u64, LoadedRows)> {
     let scrub = |text| staging.scrub(text);
 
+    // Privileges come last, as in `pg_restore`'s own order: the pre-data
+    // section holds the GRANTs and REVOKEs, and a dump may revoke the
+    // owner's own rights (`REVOKE ALL ON t FROM owner`), which would make
+    // the COPY of a restoring owner fail if applied before the data.
+    let privileges = !options.no_privileges;
     let mut pre = base();
     pre.arg("--section=pre-data");
-    feed_section(repo, manifest, meta, tools, pre, &scrub).await?;
+    if privileges {
+        pre.arg("--no-privileges");
+    }
+    feed_section(repo, manifest, meta, tools, pre, &scrub, None).await?;
 
     let mut data = tools.command(Tool::PgRestore);
     data.arg("--section=data")
@@ -174,7 +182,7 @@ pub(super) async fn restore_parallel(
 
     let mut post = base();
     post.arg("--section=post-data");
-    let post = feed_section(repo, manifest, meta, tools, post, &scrub);
+    let post = feed_section(repo, manifest, meta, tools, post, &scrub, None);
     // The table data is all written: a checkpoint started now writes it
     // out while the index builds keep the processors busy, instead of
     // after them (see `flush_early`). Best effort: a role without the
@@ -187,12 +195,71 @@ pub(super) async fn restore_parallel(
     };
     let (post, ()) = tokio::join!(post, flush);
     post?;
+    if privileges {
+        restore_privileges(repo, manifest, meta, tools, options, &base, &scrub).await?;
+    }
     Ok((size, rows))
 }
 
-/// Runs `command` (a `pg_restore --section` into the database) with the
-/// dump streamed into its standard input. It may stop reading once it has
-/// what it needs (the table of contents): that is no error.
+/// Applies the dump's privileges (`ACL` and `DEFAULT ACL` entries of its
+/// table of contents, listed with `pg_restore --list`) with
+/// `pg_restore --use-list`; both read only the table of contents.
+async fn restore_privileges(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    tools: &Tools,
+    options: &RestoreOptions,
+    base: &impl Fn() -> tokio::process::Command,
+    scrub: &(dyn Fn(String) -> String + Sync),
+) -> Result<()> {
+    let mut entries = String::new();
+    let mut listing = tools.command(Tool::PgRestore);
+    listing.arg("--list");
+    let mut keep = |line: &str| {
+        if is_privilege_entry(line) {
+            entries.push_str(line);
+            entries.push('\n');
+        }
+    };
+    feed_section(repo, manifest, meta, tools, listing, scrub, Some(&mut keep)).await?;
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let spool = super::directory::Spool::create(&super::restore::spool_dir(options), "restore")?;
+    let list = spool.path().join("privileges.list");
+    tokio::fs::write(&list, entries)
+        .await
+        .map_err(|e| Error::Spool {
+            path: list.display().to_string(),
+            source: e,
+        })?;
+    let mut apply = base();
+    apply.arg(format!("--use-list={}", list.display()));
+    feed_section(repo, manifest, meta, tools, apply, scrub, None).await
+}
+
+/// Whether a line of `pg_restore --list` is a privilege entry:
+/// `<id>; <oid> <oid> ACL ...` or `... DEFAULT ACL ...` (comments start
+/// with `;`).
+fn is_privilege_entry(line: &str) -> bool {
+    let Some((id, rest)) = line.split_once("; ") else {
+        return false;
+    };
+    let mut fields = rest.splitn(3, ' ');
+    let (Some(_), Some(_), Some(desc)) = (fields.next(), fields.next(), fields.next()) else {
+        return false;
+    };
+    !id.is_empty()
+        && id.bytes().all(|b| b.is_ascii_digit())
+        && (desc.starts_with("ACL ") || desc.starts_with("DEFAULT ACL "))
+}
+
+/// Runs `command` (a `pg_restore` that reads the table of contents only:
+/// a `--section` into the database, or `--list`) with the dump streamed
+/// into its standard input. It may stop reading once it has what it needs:
+/// that is no error. With `lines`, its standard output is read line by
+/// line into it.
 async fn feed_section(
     repo: &Repository,
     manifest: &Manifest,
@@ -200,9 +267,14 @@ async fn feed_section(
     tools: &Tools,
     mut command: tokio::process::Command,
     scrub: &(dyn Fn(String) -> String + Sync),
+    lines: Option<&mut (dyn FnMut(&str) + Send)>,
 ) -> Result<()> {
     command.stdin(Stdio::piped());
+    if lines.is_some() {
+        command.stdout(Stdio::piped());
+    }
     let mut running = tools.spawn(Tool::PgRestore, command)?;
+    let stdout = running.child_mut().stdout.take();
     let Some(mut stdin) = running.child_mut().stdin.take() else {
         running.kill().await;
         return Err(Error::ToolIo {
@@ -211,19 +283,40 @@ async fn feed_section(
             source: std::io::Error::other("stdin not captured"),
         });
     };
-    let fed = repo
-        .read_manifest_file(manifest, &meta.dump_file, &mut stdin, None)
-        .await;
+    let read = async {
+        let (Some(lines), Some(stdout)) = (lines, stdout) else {
+            return Ok(());
+        };
+        let mut reader = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        while let Some(line) = reader.next_line().await? {
+            lines(&line);
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let feed = async {
+        let fed = repo
+            .read_manifest_file(manifest, &meta.dump_file, &mut stdin, None)
+            .await;
+        if fed.is_ok() {
+            let _ = stdin.shutdown().await;
+        }
+        drop(stdin);
+        fed
+    };
+    let (fed, read) = tokio::join!(feed, read);
+    let read = read.map_err(|e| Error::ToolIo {
+        tool: "pg_restore",
+        context: "reading the output of",
+        source: e,
+    });
     match fed {
         Ok(_) => {
-            let _ = stdin.shutdown().await;
-            drop(stdin);
-            running.finish(scrub).await
+            let finished = running.finish(scrub).await;
+            finished.and(read)
         }
         Err(warmspare_store::Error::Io { source, .. })
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
-            drop(stdin);
             if let Err(tool_error) = running.finish(scrub).await {
                 let mut sink = tokio::io::sink();
                 return match repo
@@ -234,7 +327,7 @@ async fn feed_section(
                     Ok(_) => Err(tool_error),
                 };
             }
-            Ok(())
+            read
         }
         Err(e) => {
             running.kill().await;
@@ -811,6 +904,25 @@ mod tests {
             })
             .expect_err("no end marker");
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+
+    #[test]
+    fn privilege_entries_of_a_listing_are_recognised() {
+        assert!(is_privilege_entry("3352; 0 0 ACL public TABLE t postgres"));
+        assert!(is_privilege_entry(
+            "3353; 826 16420 DEFAULT ACL public DEFAULT PRIVILEGES FOR TABLES app"
+        ));
+        assert!(!is_privilege_entry(
+            "3351; 0 0 COMMENT public TABLE t postgres"
+        ));
+        assert!(!is_privilege_entry(
+            "214; 1259 16413 TABLE public ACL postgres"
+        ));
+        assert!(!is_privilege_entry(
+            "3343; 0 16413 TABLE DATA public t postgres"
+        ));
+        assert!(!is_privilege_entry(";     Dump Version: 1.14-0"));
+        assert!(!is_privilege_entry(""));
     }
 
     #[test]

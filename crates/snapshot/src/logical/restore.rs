@@ -616,7 +616,7 @@ fn spool_builder<'a>(prefix: &'a str, suffix: &'a str) -> tempfile::Builder<'a, 
     builder
 }
 
-fn spool_dir(options: &RestoreOptions) -> std::path::PathBuf {
+pub(super) fn spool_dir(options: &RestoreOptions) -> std::path::PathBuf {
     options.spool_dir.clone().unwrap_or_else(std::env::temp_dir)
 }
 

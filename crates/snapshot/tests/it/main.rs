@@ -14,3 +14,4 @@ mod roundtrip;
 mod spare;
 mod spool;
 mod wal;
+mod privileges;

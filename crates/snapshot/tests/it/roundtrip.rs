@@ -105,7 +105,8 @@ async fn backup_and_restore_into_another_cluster() {
         let report = catalog::verify(repo, &backup.manifest.id).await.unwrap();
         assert!(report.is_ok() && report.files == 2, "{report:?}");
 
-        // Restore into the other cluster: streamed for the first backend,
+        // Restore into the other cluster: through the loader (one job) for
+        // the first backend,
         // spooled with two jobs for the second.
         let db = format!("copy_{}", backend.name);
         let jobs = if n == 0 { 1 } else { 2 };
