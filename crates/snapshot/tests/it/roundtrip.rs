@@ -106,8 +106,7 @@ async fn backup_and_restore_into_another_cluster() {
         assert!(report.is_ok() && report.files == 2, "{report:?}");
 
         // Restore into the other cluster: through the loader (one job) for
-        // the first backend,
-        // spooled with two jobs for the second.
+        // the first backend, spooled with two jobs for the second.
         let db = format!("copy_{}", backend.name);
         let jobs = if n == 0 { 1 } else { 2 };
         let (events, progress) = recorder();
