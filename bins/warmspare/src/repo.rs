@@ -161,11 +161,16 @@ pub(crate) fn url_secrets(text: &str) -> Vec<String> {
 /// (exit code 2) when it is about how the command was called: a snapshot
 /// id that does not exist or names the wrong kind, `--target-time` for a
 /// logical snapshot, an unusable URL, a repository that is not one, a
-/// missing, wrong or unusable encryption key.
-/// Everything else (unreachable servers, failed tools, corrupt objects) is
-/// an operation failure (exit code 1).
+/// missing, wrong or unusable encryption key (see [`is_key_error`]).
+/// Everything else (unreachable servers, failed tools, corrupt objects, a
+/// manifest altered or moved behind the key's back) is an operation
+/// failure (exit code 1).
 pub(crate) fn failure(error: &Error, secrets: &[String]) -> anyhow::Error {
     let text = scrub(&one_line(error), secrets);
+    let text = match error.root() {
+        Error::Store(e) => key_error_line(e, text),
+        _ => text,
+    };
     if is_usage(error) {
         UsageError(text).into()
     } else {
@@ -173,8 +178,46 @@ pub(crate) fn failure(error: &Error, secrets: &[String]) -> anyhow::Error {
     }
 }
 
-fn is_usage(error: &Error) -> bool {
+/// How the store words a record (a manifest, a recovery point) whose MAC is
+/// by another key than the configured one (`warmspare_store::record`);
+/// pinned by the `records_by_another_key_are_key_errors` test.
+const BY_ANOTHER_KEY: &str = "its MAC is by key id ";
+
+/// Whether a repository error is about the configured encryption key, a
+/// configuration problem (exit code 2): no key for an encrypted object, a
+/// key that is not the one the object was encrypted with, a key configured
+/// but not loaded, an unusable key file, or a record (a manifest, a
+/// recovery point) authenticated by another key than the configured one.
+///
+/// A record that the key does not authenticate for another reason (its MAC
+/// does not match: altered, or copied from another object; or it has none)
+/// is not: the key is right and the object cannot be trusted, which is a
+/// failed operation (exit code 1).
+pub(crate) fn is_key_error(error: &warmspare_store::Error) -> bool {
     use warmspare_store::Error as StoreError;
+    match error {
+        StoreError::KeyMissing { .. }
+        | StoreError::WrongKey { .. }
+        | StoreError::KeyNotLoaded { .. }
+        | StoreError::InvalidKey { .. } => true,
+        StoreError::Unauthenticated { reason, .. } => reason.starts_with(BY_ANOTHER_KEY),
+        _ => false,
+    }
+}
+
+/// `line` (the error's one line) with "wrong key: " in front when `error`
+/// is a record authenticated by another key than the configured one, as
+/// the store words an encrypted object of another key.
+pub(crate) fn key_error_line(error: &warmspare_store::Error, line: String) -> String {
+    match error {
+        warmspare_store::Error::Unauthenticated { .. } if is_key_error(error) => {
+            format!("wrong key: {line}")
+        }
+        _ => line,
+    }
+}
+
+fn is_usage(error: &Error) -> bool {
     match error.root() {
         Error::InvalidUrl { .. }
         | Error::InvalidTarget { .. }
@@ -185,16 +228,16 @@ fn is_usage(error: &Error) -> bool {
         | Error::TargetTimeUnsupported { .. }
         | Error::InvalidRecoveryTarget { .. }
         | Error::RefusedSourceOverwrite { .. } => true,
-        Error::Store(e) => matches!(
-            e,
-            StoreError::InvalidConfig { .. }
-                | StoreError::UnsupportedUrl { .. }
-                | StoreError::NotARepository { .. }
-                | StoreError::KeyMissing { .. }
-                | StoreError::WrongKey { .. }
-                | StoreError::KeyNotLoaded { .. }
-                | StoreError::InvalidKey { .. }
-        ),
+        Error::Store(e) => {
+            use warmspare_store::Error as StoreError;
+            is_key_error(e)
+                || matches!(
+                    e,
+                    StoreError::InvalidConfig { .. }
+                        | StoreError::UnsupportedUrl { .. }
+                        | StoreError::NotARepository { .. }
+                )
+        }
         _ => false,
     }
 }
@@ -241,6 +284,69 @@ mod tests {
             e.to_string(),
             "cannot reach u@h:5432/db: connection refused ***"
         );
+    }
+
+    #[test]
+    fn records_by_another_key_are_key_errors() {
+        use warmspare_store::{EncryptionKey, MissingMac, record};
+        let key = EncryptionKey::from_bytes([1; 32]);
+        let other = EncryptionKey::from_bytes([2; 32]);
+        let path = "snapshots/20261122T101500Z-3f9a/MANIFEST.json";
+        let body = br#"{"version":1}"#;
+        let sealed = record::encode("manifest", path, body, Some(&key)).unwrap();
+        let plain = record::encode("manifest", path, body, None).unwrap();
+        let refused = |bytes: &[u8], path: &str, key: &EncryptionKey| {
+            record::decode("manifest", path, bytes, Some(key), MissingMac::Refuse).unwrap_err()
+        };
+
+        // The store's wording for another key's MAC: a wrong key, exit 2,
+        // one line naming the object.
+        let by_other = refused(&sealed, path, &other);
+        assert!(is_key_error(&by_other), "{by_other}");
+        let e = failure(&Error::Store(by_other), &[]);
+        assert_eq!(crate::exit_code_of(&e), crate::EXIT_USAGE);
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "wrong key: object {path} is not authenticated by this key: its MAC is by key id {}",
+                key.id()
+            )),
+            "{text}"
+        );
+        assert!(text.contains(&other.id()) && !text.contains('\n'), "{text}");
+
+        // Inside a restore step too.
+        let wrapped = Error::Restore {
+            step: RestoreStep::Resolve,
+            database: "db".into(),
+            source: Box::new(Error::Store(refused(&sealed, path, &other))),
+        };
+        assert_eq!(
+            crate::exit_code_of(&failure(&wrapped, &[])),
+            crate::EXIT_USAGE
+        );
+
+        // The right key, but the record is moved, altered or has no MAC:
+        // it cannot be trusted, a failed operation (exit 1).
+        let moved = "snapshots/20261122T101501Z-0000/MANIFEST.json";
+        let mut altered = sealed.clone();
+        let at = altered.len() - 4;
+        altered[at] ^= 1;
+        for e in [
+            refused(&sealed, moved, &key),
+            refused(&altered, path, &key),
+            refused(&plain, path, &key),
+        ] {
+            assert!(
+                matches!(e, warmspare_store::Error::Unauthenticated { .. }),
+                "{e:?}"
+            );
+            assert!(!is_key_error(&e), "{e}");
+            let e = failure(&Error::Store(e), &[]);
+            assert_eq!(crate::exit_code_of(&e), crate::EXIT_FAILED, "{e}");
+            assert!(!e.to_string().starts_with("wrong key"), "{e}");
+            assert!(e.to_string().contains("is not authenticated by this key"));
+        }
     }
 
     #[test]

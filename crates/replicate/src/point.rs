@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use warmspare_store::{Repository, SnapshotId, layout};
+use warmspare_store::{Error as StoreError, MissingMac, Repository, SnapshotId, layout};
 
 use crate::error::{Error, Result};
 use crate::inventory::{list_ids, list_inventories};
@@ -60,13 +60,34 @@ impl RecoveryPoint {
 
 /// Records `point` at `points/<id>.json`, create-if-absent: written after
 /// both halves, so a point exists only when its snapshot and inventory do.
+///
+/// In a repository with a key the record carries a MAC over its bytes and
+/// path (`Repository::seal_record`); without one it is the plain
+/// self-checking record, byte for byte as before. Refused with
+/// `warmspare_store::Error::KeyNotLoaded` when encryption is configured
+/// but its key was not loaded.
 pub async fn write_point(repo: &Repository, point: &RecoveryPoint) -> Result<()> {
     let path = layout::point(&point.id);
-    let bytes = record::encode(KIND, &path, point)?;
+    let body = serde_json::to_vec(point).map_err(|e| Error::Corrupt {
+        path: path.to_string(),
+        reason: format!("cannot encode: {e}"),
+    })?;
+    let bytes = repo.seal_record(KIND, &path, &body)?;
     record::create(repo, &path, bytes).await
 }
 
 /// Reads and checks recovery point `id`.
+///
+/// # Errors
+///
+/// * [`Error::NotFound`] when there is no such point;
+/// * `Error::Repository(warmspare_store::Error::Unauthenticated { .. })`,
+///   naming the point, when the repository has a key and the record is
+///   not authenticated by it: written without a MAC, by another key,
+///   altered, or copied from another point's name. Nothing it says is
+///   used. Without a key the MAC cannot be checked (its digest is).
+/// * [`Error::Corrupt`] for a damaged record (not a point record, a digest
+///   mismatch, another version, another id).
 pub async fn read_point(repo: &Repository, id: &SnapshotId) -> Result<RecoveryPoint> {
     let path = layout::point(id);
     let bytes = record::read(repo, &path)
@@ -75,7 +96,21 @@ pub async fn read_point(repo: &Repository, id: &SnapshotId) -> Result<RecoveryPo
             what: "recovery point",
             id: id.to_string(),
         })?;
-    let point: RecoveryPoint = record::decode(KIND, u64::from(POINT_VERSION), &path, &bytes)?;
+    let (body, _) = repo
+        .open_record(KIND, &path, &bytes, MissingMac::Refuse)
+        .map_err(|e| match e {
+            StoreError::Corrupt { path, reason } => Error::Corrupt { path, reason },
+            StoreError::DigestMismatch {
+                path,
+                expected,
+                actual,
+            } => Error::Corrupt {
+                path,
+                reason: format!("digest mismatch: recorded {expected}, computed {actual}"),
+            },
+            other => Error::Repository(other),
+        })?;
+    let point: RecoveryPoint = record::parse_body(KIND, u64::from(POINT_VERSION), &path, body)?;
     if point.id != *id {
         return Err(Error::Corrupt {
             path: path.to_string(),
@@ -158,5 +193,10 @@ mod tests {
             inventory
         );
         assert!(resolve_inventory(&repo, "nonsense").await.is_err());
+
+        // Without a key the record is the plain envelope, byte for byte.
+        let path = layout::point(&point.id);
+        let stored = std::fs::read(dir.path().join(path.as_ref())).unwrap();
+        assert_eq!(stored, record::encode(KIND, &path, &point).unwrap());
     }
 }

@@ -87,7 +87,9 @@ pub struct PointPrune {
     /// Retention's plan over the readable points (by the time each was
     /// taken).
     pub plan: Plan,
-    /// Points that cannot be read (damaged records): kept, and listed.
+    /// Points that cannot be read (damaged records, or records the
+    /// repository's key does not authenticate): kept, and listed; while
+    /// there are any, inventories and blobs are left alone.
     pub unreadable: Vec<(SnapshotId, String)>,
     /// Kept points that name a snapshot or an inventory that is not in the
     /// repository (deleted by hand, or by an older version): kept, listed.
@@ -201,12 +203,14 @@ pub enum PruneEvent {
 ///    deleted in batches.
 ///
 /// Steps 3 and 4 run only while no artifact backup (and no other prune)
-/// holds a live activity marker; otherwise they are deferred to the next
-/// run and the report says why. Prune's own marker (skipped on a dry run)
-/// makes a backup that starts meanwhile wait until prune is done; if
-/// prune cannot keep its marker fresh, it stops deleting blobs. See
-/// `activity.rs` for the protocol. Stale markers of dead processes are
-/// removed.
+/// holds a live activity marker, and only when every recovery point could
+/// be read (a damaged point, or one the repository's key does not
+/// authenticate, is kept, and the inventory it names is unknown);
+/// otherwise they are deferred to the next run and the report says why.
+/// Prune's own marker (skipped on a dry run) makes a backup that starts
+/// meanwhile wait until prune is done; if prune cannot keep its marker
+/// fresh, it stops deleting blobs. See `activity.rs` for the protocol.
+/// Stale markers of dead processes are removed.
 ///
 /// `now` is the caller's clock reading (the store's clock is used where
 /// ages are compared, once a marker was written).
@@ -235,10 +239,20 @@ pub async fn prune_repository(
         }
     };
     let server_now = marker.as_ref().map_or(now, Marker::server_now);
-    let deferred = others_at_work(repo, marker.as_ref(), server_now, dry_run).await?;
+    let mut deferred = others_at_work(repo, marker.as_ref(), server_now, dry_run).await?;
 
     progress(PruneEvent::Phase("points"));
     let points = read_points(repo, &mut report.points).await?;
+    if deferred.is_none()
+        && let Some((id, _)) = report.points.unreadable.first()
+    {
+        // A point that cannot be read (or trusted) still protects what it
+        // names, which is unknown: its inventory and its blobs may not go.
+        deferred = Some(format!(
+            "recovery point {id} cannot be read, so which inventory it names is unknown; \
+             inventories and blobs are collected by a later prune"
+        ));
+    }
     report.points.plan = gc::plan_points(&points, config);
     if !dry_run {
         for d in &report.points.plan.delete {
@@ -363,9 +377,10 @@ async fn others_at_work(
         .map(|m| describe("another prune", m)))
 }
 
-/// Reads every recovery point. A damaged record is reported and kept; a
-/// point deleted since the listing is skipped; any other failure ends the
-/// run (the plan would be unknowable).
+/// Reads every recovery point. A damaged record, or one the repository's
+/// key does not authenticate (no MAC, another key's, altered, moved), is
+/// reported and kept; a point deleted since the listing is skipped; any
+/// other failure ends the run (the plan would be unknowable).
 async fn read_points(repo: &Repository, out: &mut PointPrune) -> Result<Vec<PointRef>> {
     let mut points = Vec::new();
     for id in list_points(repo).await? {
@@ -377,7 +392,10 @@ async fn read_points(repo: &Repository, out: &mut PointPrune) -> Result<Vec<Poin
                 inventory: p.inventory,
             }),
             Err(e) if e.is_not_found() => {}
-            Err(e @ Error::Corrupt { .. }) => out.unreadable.push((id, e.to_string())),
+            Err(
+                e @ (Error::Corrupt { .. }
+                | Error::Repository(warmspare_store::Error::Unauthenticated { .. })),
+            ) => out.unreadable.push((id, e.to_string())),
             Err(e) => return Err(e),
         }
     }

@@ -1,7 +1,10 @@
-//! Self-checking JSON records in the repository (inventories, recovery
-//! points): `{"sha256":"<hex>","<kind>":<body>}`, where `<hex>` is the
-//! SHA-256 of the exact body bytes, the same envelope as snapshot
-//! manifests. Written create-if-absent, checked on every read.
+//! Self-checking JSON records in the repository (inventories):
+//! `{"sha256":"<hex>","<kind>":<body>}`, where `<hex>` is the SHA-256 of
+//! the exact body bytes, the same envelope as snapshot manifests. Written
+//! create-if-absent, checked on every read. Recovery points use the
+//! store's version of this envelope (`Repository::seal_record`), which
+//! adds a MAC in a repository with a key, and [`parse_body`] for their
+//! body.
 
 use bytes::Bytes;
 use object_store::path::Path;
@@ -63,6 +66,21 @@ pub(crate) fn decode<T: DeserializeOwned>(
             String::from_utf8_lossy(digest)
         )));
     }
+    parse_body(kind, version, path, body)
+}
+
+/// Parses the checked body (JSON) of a record named `kind` read from
+/// `path`; `version` is the only body version this build reads.
+pub(crate) fn parse_body<T: DeserializeOwned>(
+    kind: &str,
+    version: u64,
+    path: &Path,
+    body: &[u8],
+) -> Result<T> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_string(),
+        reason,
+    };
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| corrupt(e.to_string()))?;
     match value.get("version").and_then(|v| v.as_u64()) {

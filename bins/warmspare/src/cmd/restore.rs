@@ -220,8 +220,8 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         // A database URL takes a logical snapshot; `latest` is the newest
         // logical one. A physical id is refused by the kind check. A
         // recovery point's id means its snapshot.
-        let spec = point_snapshot(&repository, &args.snapshot)
-            .await
+        let spec = point_snapshot(&repository, &args.snapshot, &secrets)
+            .await?
             .unwrap_or_else(|| args.snapshot.clone());
         let manifest = catalog::resolve(&repository, &spec, Some(SnapshotKind::Logical))
             .await
@@ -301,13 +301,21 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(EXIT_OK))
 }
 
-/// The snapshot of recovery point `spec`, when `spec` names one.
-async fn point_snapshot(repository: &warmspare_store::Repository, spec: &str) -> Option<String> {
-    let id = warmspare_store::SnapshotId::parse(spec).ok()?;
-    let point = warmspare_replicate::read_point(repository, &id)
-        .await
-        .ok()?;
-    point.snapshot.map(|s| s.to_string())
+/// The snapshot of recovery point `spec`, when `spec` names one; a point
+/// that exists but cannot be read or trusted is an error naming it.
+async fn point_snapshot(
+    repository: &warmspare_store::Repository,
+    spec: &str,
+    secrets: &[String],
+) -> anyhow::Result<Option<String>> {
+    let Ok(id) = warmspare_store::SnapshotId::parse(spec) else {
+        return Ok(None);
+    };
+    match warmspare_replicate::read_point(repository, &id).await {
+        Ok(point) => Ok(point.snapshot.map(|s| s.to_string())),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(artifact_failure(&e, secrets)),
+    }
 }
 
 fn run_artifacts(global: &Global, args: ArtifactsArgs) -> anyhow::Result<ExitCode> {
@@ -406,8 +414,8 @@ async fn physical_manifest(
     args: &DbArgs,
     secrets: &[String],
 ) -> anyhow::Result<warmspare_store::Manifest> {
-    let spec = point_snapshot(repository, &args.snapshot)
-        .await
+    let spec = point_snapshot(repository, &args.snapshot, secrets)
+        .await?
         .unwrap_or_else(|| args.snapshot.clone());
     let resolved = match (spec.as_str(), args.target_time) {
         (catalog::LATEST, Some(time)) => snapshot_for_time(repository, time).await,

@@ -415,10 +415,15 @@ fn configured_pair<'a>(config: &'a Config, args: &'a Args) -> anyhow::Result<(&'
     Ok((from, to))
 }
 
-/// A replication error as one scrubbed line; bad options are usage errors.
+/// A replication error as one scrubbed line; bad options, unknown ids and
+/// key problems (`repo::is_key_error`) are usage errors.
 pub(crate) fn failure(error: &warmspare_replicate::Error, secrets: &[String]) -> anyhow::Error {
     let text = scrub(&one_line(error), secrets);
     match error {
+        // A recovery point authenticated by another key: a wrong key.
+        warmspare_replicate::Error::Repository(e) if crate::repo::is_key_error(e) => {
+            UsageError(crate::repo::key_error_line(e, text)).into()
+        }
         warmspare_replicate::Error::InvalidOptions { .. } => UsageError(text).into(),
         warmspare_replicate::Error::NotFound { .. } => UsageError(text).into(),
         _ => anyhow::Error::msg(text),

@@ -7,6 +7,7 @@ mod check;
 mod crash;
 mod demo;
 mod drill;
+mod encrypted_db;
 mod init;
 mod parallel_load;
 mod physical;

@@ -14,5 +14,7 @@ mod guards;
 mod local;
 mod mirror;
 mod points;
+mod points_auth;
 mod reconcile;
 mod restore_local;
+mod staged;
