@@ -178,11 +178,6 @@ pub(crate) fn failure(error: &Error, secrets: &[String]) -> anyhow::Error {
     }
 }
 
-/// How the store words a record (a manifest, a recovery point) whose MAC is
-/// by another key than the configured one (`warmspare_store::record`);
-/// pinned by the `records_by_another_key_are_key_errors` test.
-const BY_ANOTHER_KEY: &str = "its MAC is by key id ";
-
 /// Whether a repository error is about the configured encryption key, a
 /// configuration problem (exit code 2): no key for an encrypted object, a
 /// key that is not the one the object was encrypted with, a key configured
@@ -200,7 +195,7 @@ pub(crate) fn is_key_error(error: &warmspare_store::Error) -> bool {
         | StoreError::WrongKey { .. }
         | StoreError::KeyNotLoaded { .. }
         | StoreError::InvalidKey { .. } => true,
-        StoreError::Unauthenticated { reason, .. } => reason.starts_with(BY_ANOTHER_KEY),
+        StoreError::Unauthenticated { other_key, .. } => other_key.is_some(),
         _ => false,
     }
 }

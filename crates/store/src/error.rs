@@ -108,6 +108,10 @@ pub enum Error {
         path: String,
         /// What failed.
         reason: String,
+        /// The id of the key whose MAC the record carries, when that is
+        /// another key than the configured one (a wrong key, not a record
+        /// that cannot be trusted).
+        other_key: Option<String>,
     },
 
     /// The object is encrypted and no key is configured.

@@ -197,14 +197,19 @@ pub(crate) fn check<'a>(
     let unauthenticated = |reason: String| Error::Unauthenticated {
         path: path.to_string(),
         reason,
+        other_key: None,
     };
     let authenticity = match (frame.mac, key) {
         (Some((key_id, tag)), Some(key)) => {
             if key_id != key.id() {
-                return Err(unauthenticated(format!(
-                    "its MAC is by key id {key_id}, the configured key has id {}",
-                    key.id()
-                )));
+                return Err(Error::Unauthenticated {
+                    path: path.to_string(),
+                    reason: format!(
+                        "its MAC is by key id {key_id}, the configured key has id {}",
+                        key.id()
+                    ),
+                    other_key: Some(key_id.to_string()),
+                });
             }
             let tag = hex::decode(tag).map_err(|_| unauthenticated("malformed MAC".into()))?;
             mac(key, kind, path, frame.body)?
@@ -351,14 +356,15 @@ mod tests {
         // Another key, another path, another kind: refused.
         let e = decode("point", PATH, &bytes, Some(&other), MissingMac::Accept).unwrap_err();
         assert!(
-            matches!(&e, Error::Unauthenticated { path, reason }
-                if path == PATH && reason.contains(&key.id()) && reason.contains(&other.id())),
+            matches!(&e, Error::Unauthenticated { path, reason, other_key: Some(by) }
+                if path == PATH && by == &key.id() && reason.contains(&key.id())
+                    && reason.contains(&other.id())),
             "{e:?}"
         );
         let moved = "points/20261122T101501Z-0000.json";
         let e = decode("point", moved, &bytes, Some(&key), MissingMac::Accept).unwrap_err();
         assert!(
-            matches!(&e, Error::Unauthenticated { path, .. } if path == moved),
+            matches!(&e, Error::Unauthenticated { path, other_key: None, .. } if path == moved),
             "{e:?}"
         );
         assert!(

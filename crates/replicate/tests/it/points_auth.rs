@@ -98,6 +98,7 @@ fn assert_unauthenticated<T: std::fmt::Debug>(
         Err(Error::Repository(warmspare_store::Error::Unauthenticated {
             path: named,
             reason,
+            ..
         })) => {
             assert_eq!(named, path.as_ref());
             assert!(reason.contains(because), "{reason}");

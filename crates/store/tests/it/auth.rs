@@ -209,7 +209,9 @@ async fn auth_wrong_key_is_refused(b: &Backend) {
     assert_eq!(repo.list_snapshots().await.unwrap(), vec![m.id.clone()]);
     let err = repo.read_manifest(&m.id).await.unwrap_err();
     match &err {
-        Error::Unauthenticated { path: p, reason } => {
+        Error::Unauthenticated {
+            path: p, reason, ..
+        } => {
             assert_eq!(p, path.as_ref());
             assert!(
                 reason.contains(&key.id()) && reason.contains(&wrong.id()),
