@@ -126,12 +126,17 @@ impl Ctx {
         f: impl FnOnce(&Io<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let buffer = usize::try_from(size.saturating_add(1)).map_or(BLOCK, |n| n.min(BLOCK));
+        // Held by the job until it returns: a stopped run waits for it.
+        let pass = self.mover.gate.enter().ok_or_else(|| Error::Task {
+            reason: "the sync was stopped".into(),
+        })?;
         let _permit = self.mover.budget.reserve(buffer).await?;
         let cancelled = Arc::new(AtomicBool::new(false));
         let _cancel = CancelOnDrop(Arc::clone(&cancelled));
         let limiter = self.mover.limiter.clone();
         let on_bytes = Arc::clone(&self.mover.on_bytes);
         let job = move |runtime: &tokio::runtime::Handle| {
+            let _pass = pass;
             let io = Io {
                 limiter: limiter.as_deref(),
                 runtime: Some(runtime),

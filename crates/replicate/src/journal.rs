@@ -17,7 +17,12 @@
 //! time. A segment that does not read is ignored from there on: like a
 //! lost state, that costs hashing, never a wrong skip, because every entry
 //! is checked against the listings before it is trusted. After the state
-//! is replaced, the run deletes the segments it includes.
+//! is replaced, the run lists the segments again and deletes those of its
+//! own and older runs, which the record includes (a run stopped earlier
+//! may have written one late, see [`crate::sync`], "Stopping a run").
+//! Segments that a record includes but that are still there (a run stopped
+//! during this clean-up) are ignored, and removed by the next run, even
+//! one that writes no new record.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,8 +94,13 @@ pub(crate) async fn overlay(
 ) -> Result<Option<StateReader>> {
     let floor = base.as_ref().and_then(|(h, _)| h.journal).unwrap_or(0);
     let last_run = listed.iter().map(|s| s.run).max().unwrap_or(0).max(floor);
+    // Segments the record includes: left over by a run stopped after its
+    // record replaced the old one (or written late by one stopped before);
+    // ignored, and removed by the next run (module docs).
+    let (included, newer): (Vec<Segment>, Vec<Segment>) =
+        listed.into_iter().partition(|s| s.run <= floor);
     let mut runs: Vec<Vec<Segment>> = Vec::new();
-    for segment in listed.into_iter().filter(|s| s.run > floor) {
+    for segment in newer {
         match runs.last_mut() {
             Some(run) if run[0].run == segment.run => run.push(segment),
             _ => runs.push(vec![segment]),
@@ -125,6 +135,7 @@ pub(crate) async fn overlay(
         entries,
         last_run,
         overlaid,
+        included,
     }))
 }
 
@@ -293,18 +304,32 @@ impl Journal {
     }
 
     /// After the state record replaced the old one (and includes this run):
-    /// deletes the segments found at the start and this run's.
+    /// deletes the segments of this run and of every older one, listed
+    /// again (a run stopped before this one started may have written a
+    /// segment late; the record makes readers ignore it either way).
     pub(crate) async fn remove_included(mut self) {
         self.abort().await;
         let own = (0..self.written).map(|seq| Segment { run: self.run, seq });
-        for segment in self.found.iter().cloned().chain(own) {
-            match self.target.delete(&Path::from(segment.path())).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    // Left over: ignored by readers (older than the state).
-                    tracing::warn!(error = %e, "cannot delete a sync checkpoint");
-                    return;
-                }
+        let mut included: Vec<Segment> = self.found.iter().cloned().chain(own).collect();
+        match segments(&self.target).await {
+            Ok(listed) => included.extend(listed.into_iter().filter(|s| s.run <= self.run)),
+            Err(e) => tracing::warn!(error = %e, "cannot list the sync checkpoints"),
+        }
+        included.sort();
+        included.dedup();
+        remove(&self.target, &included).await;
+    }
+}
+
+/// Deletes checkpoint segments that a state record includes; stops at the
+/// first failure (what is left over is ignored by readers).
+pub(crate) async fn remove(target: &Arc<dyn ObjectStore>, included: &[Segment]) {
+    for segment in included {
+        match target.delete(&Path::from(segment.path())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot delete a sync checkpoint");
+                return;
             }
         }
     }

@@ -8,7 +8,10 @@
 //! * [`sync()`] with [`SyncOptions`] → [`SyncReport`], progress as
 //!   [`SyncEvent`]s: the mirror (`warmspare sync`); [`sync_endpoints`]
 //!   with [`Endpoint::local`] reads and writes `file://` directories
-//!   directly.
+//!   directly. Dropping a run's future stops it: no write to the target
+//!   starts afterwards, those already started end on their own (about one
+//!   request's time); [`sync_endpoints_until`] stops a run and returns once
+//!   they ended ([`mod@sync`], "Stopping a run").
 //! * [`backup_artifacts`] → [`ArtifactBackup`] holding an [`Inventory`]
 //!   (`warmspare backup artifacts`); [`restore_artifacts`] writes one
 //!   inventory's state into a store (`warmspare restore artifacts`;
@@ -157,5 +160,7 @@ pub use reconcile::{
 };
 pub use recovery::{PointEvent, PointRequest, TakenPoint, previous_inventory, take_recovery_point};
 pub use restore::{restore_artifacts, restore_artifacts_to};
-pub use sync::{Endpoint, ProgressFn, SyncEvent, SyncReport, sync, sync_endpoints};
+pub use sync::{
+    Endpoint, ProgressFn, SyncEvent, SyncReport, sync, sync_endpoints, sync_endpoints_until,
+};
 pub use warmspare_store::object_store;

@@ -206,8 +206,12 @@ impl Recorder {
         }
         let Some(w) = self.writer.take() else {
             // No record to write (unchanged, or broken): keep what was
-            // copied in a checkpoint.
+            // copied in a checkpoint, and remove the segments the record
+            // on the target already includes (left over by a stopped run).
             self.checkpoint(ctx, report).await;
+            if !ctx.options.dry_run {
+                crate::journal::remove(&ctx.target, &ctx.included).await;
+            }
             return;
         };
         if let Err(e) = ctx.make_durable().await {

@@ -198,6 +198,9 @@ pub(crate) struct StateReader {
     pub(crate) last_run: u64,
     /// Whether checkpoints newer than the record were found.
     pub(crate) overlaid: bool,
+    /// Checkpoint segments found that the record already includes (left
+    /// over by a run stopped during its clean-up): to be removed.
+    pub(crate) included: Vec<crate::journal::Segment>,
 }
 
 fn corrupt(path: &str, reason: impl Into<String>) -> Error {

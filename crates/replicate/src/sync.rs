@@ -27,6 +27,31 @@
 //! 4. Deletions, only when asked, only after every copy succeeded, and only
 //!    within the guards ([`crate::DeleteRefusal`]).
 //!
+//! # Stopping a run
+//!
+//! A run stops when its future is dropped (an agent cancelling a job, a
+//! `select!` with a deadline). Every write of the run to the target
+//! (copies through the store, checkpoints, the state record, deletions)
+//! passes a gate that the dropped future closes: no write starts after
+//! the drop. A write that had started is not abandoned half-way: it runs
+//! to its end on its own task (an upload completes or fails as a whole),
+//! so that after a drop the run may still complete, for about one
+//! request's time, at most one object per worker, one checkpoint or the
+//! state record, and the deletions in flight. [`sync_endpoints_until`]
+//! stops a run and returns only once these writes have ended, so that the
+//! next run starts on a quiet target. A copy between directories
+//! ([`Endpoint::local`]) runs on a file thread: it stops at its next block
+//! (1 MiB) once its worker is aborted, and is waited for likewise.
+//!
+//! After a plain drop the next run is still correct, only slower: it
+//! numbers its checkpoints after every run it saw, ignores the checkpoints
+//! of older runs once its state record is in place and removes them (those
+//! written late too, at the latest in the run after), and an object or a
+//! checkpoint that a dropped run writes late never makes it skip a copy:
+//! an object rewritten late no longer matches its recorded version token,
+//! so it is hashed again, and every checkpointed entry is checked against
+//! the listings before it is trusted.
+//!
 //! Memory: the two listings (a few batches of 512, plus one page or the
 //! directories on the current path), the state reader (one 1 MiB range),
 //! the window of `16 × concurrency` pending keys, copy and upload buffers
@@ -47,6 +72,7 @@ use tokio::sync::Semaphore;
 pub use crate::endpoint::Endpoint;
 use crate::error::{Error, Result, Side};
 use crate::guard::{self, Limits};
+use crate::journal::Segment;
 use crate::limit::{Budget, RateLimiter};
 use crate::listing::ahead;
 use crate::local::{LocalDir, Threads};
@@ -55,7 +81,7 @@ use crate::options::SyncOptions;
 use crate::recorder::{Changes, Recorder};
 pub use crate::report::{ProgressFn, SyncEvent, SyncReport};
 use crate::state::{self, StateEntry, Token};
-use crate::transfer::{Attempts, Mover, PartPool, Task};
+use crate::transfer::{Attempts, CloseOnDrop, Gate, GatedStore, Mover, PartPool, Task};
 
 /// Deletion candidates kept with `force` (the rest wait for the next run).
 const FORCE_DELETE_BATCH: u64 = 100_000;
@@ -169,6 +195,9 @@ pub(crate) struct Ctx {
     /// Where the new state starts to differ from the old one; `None`: write
     /// the whole state (see module `recorder`).
     pub(crate) changes: Option<Arc<Changes>>,
+    /// Checkpoint segments that the state record already includes, found
+    /// when it was opened: removed at the end of the run.
+    pub(crate) included: Vec<Segment>,
 }
 
 /// Mirrors `source` into `target` (see the module docs of [`mod@crate::sync`]
@@ -194,12 +223,86 @@ pub async fn sync(
 
 /// [`sync()`] between two [`Endpoint`]s: with [`Endpoint::local`] the
 /// mirror lists, reads and writes a `file://` store's directory directly.
+///
+/// Dropping the future stops the run (see "Stopping a run" in the module
+/// docs); [`sync_endpoints_until`] stops it and waits until its writes
+/// ended.
 pub async fn sync_endpoints(
     source: &Endpoint,
     target: &Endpoint,
     options: &SyncOptions,
     progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
 ) -> Result<SyncReport> {
+    run(source, target, options, progress, Gate::default()).await
+}
+
+/// [`sync_endpoints`] that stops when `stop` completes first, and then
+/// returns only once the run has stopped writing to the target: no write
+/// starts after `stop` completed, and the writes already started (at most
+/// one per worker, a checkpoint or the state record, the deletions in
+/// flight) have ended, landed or failed. A stopped run returns
+/// [`Error::Task`]; what it checkpointed is not read again by the next run.
+///
+/// For callers that cancel runs (an agent's job): the next run then cannot
+/// see a write of the stopped one land under it.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use warmspare_replicate::object_store::{ObjectStore, local::LocalFileSystem};
+/// use warmspare_replicate::sync_endpoints_until;
+/// use warmspare_replicate::{Endpoint, SyncEvent, SyncOptions};
+///
+/// let (a, b) = (tempfile::tempdir()?, tempfile::tempdir()?);
+/// let primary: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(a.path())?);
+/// let spare: Arc<dyn ObjectStore> = Arc::new(LocalFileSystem::new_with_prefix(b.path())?);
+/// let cancel = tokio::sync::Notify::new();
+/// cancel.notify_one(); // the job was cancelled before it ran
+/// let stopped = sync_endpoints_until(
+///     &Endpoint::new(primary),
+///     &Endpoint::new(spare),
+///     &SyncOptions::default(),
+///     |_: &SyncEvent<'_>| {},
+///     cancel.notified(),
+/// )
+/// .await;
+/// assert!(stopped.is_err());
+/// # Ok(())
+/// # }
+/// ```
+pub async fn sync_endpoints_until(
+    source: &Endpoint,
+    target: &Endpoint,
+    options: &SyncOptions,
+    progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<SyncReport> {
+    let gate = Gate::default();
+    let running = Box::pin(run(source, target, options, progress, gate.clone()));
+    match futures::future::select(running, Box::pin(stop)).await {
+        futures::future::Either::Left((report, _)) => report,
+        futures::future::Either::Right(((), running)) => {
+            // Closes the gate and aborts the workers; writes that started
+            // run to their end on their own tasks.
+            drop(running);
+            gate.close();
+            gate.idle().await;
+            Err(Error::Task {
+                reason: "the sync was stopped".into(),
+            })
+        }
+    }
+}
+
+async fn run(
+    source: &Endpoint,
+    target: &Endpoint,
+    options: &SyncOptions,
+    progress: impl Fn(&SyncEvent<'_>) + Send + Sync + 'static,
+    gate: Gate,
+) -> Result<SyncReport> {
+    let _close = CloseOnDrop(gate.clone());
     options.validate()?;
     let started = tokio::time::Instant::now();
     // Both listings start at once, while the state is opened.
@@ -208,30 +311,39 @@ pub async fn sync_endpoints(
         target.listing(Side::Target, options.list_order),
     );
     let changes = Arc::new(Changes::default());
-    let (recorded_source, entries, last_run) = match open_state(target.store(), options).await? {
-        Some(reader) => {
-            if reader.overlaid {
-                // Fold the checkpoints into a new record.
-                changes.everywhere();
+    let (recorded_source, entries, last_run, included) =
+        match open_state(target.store(), options).await? {
+            Some(reader) => {
+                if reader.overlaid {
+                    // Fold the checkpoints into a new record.
+                    changes.everywhere();
+                }
+                let entries = ahead(reader.entries);
+                (reader.source, entries, reader.last_run, reader.included)
             }
-            (reader.source, ahead(reader.entries), reader.last_run)
-        }
-        None => {
-            changes.everywhere();
-            (None, stream::empty().boxed(), 0)
-        }
-    };
+            None => {
+                changes.everywhere();
+                (None, stream::empty().boxed(), 0, Vec::new())
+            }
+        };
     let trust_source = recorded_source == options.source_id;
     if !trust_source {
         changes.everywhere();
     }
+    // Every write to the target goes through the gate, closed when this
+    // future ends or is dropped (see "Stopping a run" above).
+    let gated: Arc<dyn ObjectStore> =
+        Arc::new(GatedStore::new(Arc::clone(target.store()), gate.clone()));
     let mut ctx = Ctx::unshared(
         source.store(),
-        target.store(),
+        &gated,
         options,
         Arc::new(progress),
         trust_source,
     );
+    ctx.included = included;
+    // Writes into a directory target pass the gate too.
+    ctx.mover.gate = gate;
     ctx.source_dir = source.dir().cloned();
     ctx.target_dir = target.dir().cloned();
     if ctx.source_dir.is_some() || ctx.target_dir.is_some() {
@@ -292,6 +404,7 @@ impl Ctx {
                 part_size: options.part_size,
                 on_bytes: Arc::new(move |n| bytes_progress(&SyncEvent::Bytes(n))),
                 parts: PartPool::default(),
+                gate: Gate::default(),
             },
             workers: Semaphore::new(options.concurrency),
             progress,
@@ -307,6 +420,7 @@ impl Ctx {
             threads: None,
             last_run: 0,
             changes: None,
+            included: Vec::new(),
         }
     }
 }

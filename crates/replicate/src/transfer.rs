@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -21,11 +22,12 @@ use futures::stream::{self, BoxStream, StreamExt};
 use md5::Md5;
 use object_store::path::Path;
 use object_store::{
-    GetOptions, GetResultPayload, MultipartUpload, ObjectMeta, ObjectStore, ObjectStoreExt,
-    PutMode, PutOptions, PutPayload, PutResult,
+    CopyOptions, GetOptions, GetResult, GetResultPayload, ListResult, MultipartUpload, ObjectMeta,
+    ObjectStore, ObjectStoreExt, PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+    RenameOptions, UploadPart,
 };
 use sha2::{Digest, Sha256};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result, Side};
@@ -65,6 +67,333 @@ impl<T> Future for Task<T> {
                 reason: e.to_string(),
             })
         })
+    }
+}
+
+/// The target's writes of one run: once closed (the run ended or was
+/// dropped), no new write starts; writes that had started are tracked until
+/// they end, so that [`Gate::idle`] can wait for them.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Gate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    closed: AtomicBool,
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// One write let through a [`Gate`]: counted until dropped.
+#[derive(Debug)]
+pub(crate) struct Pass(Gate);
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if self.0.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl Gate {
+    /// A pass for one write; `None` once the gate is closed.
+    pub(crate) fn enter(&self) -> Option<Pass> {
+        // Counted before the check: a write that saw the gate open is
+        // counted when `close` returns, so `idle` waits for it.
+        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
+        let pass = Pass(self.clone());
+        (!self.0.closed.load(Ordering::SeqCst)).then_some(pass)
+    }
+
+    /// Refuses every write from now on.
+    pub(crate) fn close(&self) {
+        self.0.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Returns once no write let through is still running.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.0.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.0.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Closes a [`Gate`] when dropped: with the future of a run.
+pub(crate) struct CloseOnDrop(pub(crate) Gate);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn stopped() -> object_store::Error {
+    object_store::Error::Generic {
+        store: "warmspare",
+        source: "the sync was stopped: no more writes".into(),
+    }
+}
+
+/// Runs one write to its end on its own task, counted by `pass`: dropping
+/// the caller's future does not abandon it half-way in an untracked place
+/// (`LocalFileSystem` writes on the blocking pool, an HTTP request may
+/// still land); it ends, and [`Gate::idle`] waits for it.
+async fn tracked<T: Send + 'static>(
+    pass: Pass,
+    write: impl Future<Output = object_store::Result<T>> + Send + 'static,
+) -> object_store::Result<T> {
+    tokio::spawn(async move {
+        let _pass = pass;
+        write.await
+    })
+    .await
+    .map_err(|e| object_store::Error::Generic {
+        store: "warmspare",
+        source: Box::new(e),
+    })?
+}
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = object_store::Result<T>> + Send + 'a>>;
+
+/// The target of a run as its code sees it: reads pass through, writes go
+/// through the run's [`Gate`] (refused once it is closed, tracked while
+/// they run).
+#[derive(Debug)]
+pub(crate) struct GatedStore {
+    inner: Arc<dyn ObjectStore>,
+    gate: Gate,
+}
+
+impl GatedStore {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>, gate: Gate) -> Self {
+        Self { inner, gate }
+    }
+
+    fn pass(&self) -> object_store::Result<Pass> {
+        self.gate.enter().ok_or_else(stopped)
+    }
+}
+
+impl std::fmt::Display for GatedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+// `ObjectStore` is an `async_trait`: its methods are written out as the
+// boxed futures that the attribute would generate.
+impl ObjectStore for GatedStore {
+    fn put_opts<'a, 'b, 't>(
+        &'a self,
+        location: &'b Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Boxed<'t, PutResult>
+    where
+        'a: 't,
+        'b: 't,
+        Self: 't,
+    {
+        Box::pin(async move {
+            let pass = self.pass()?;
+            let (inner, location) = (Arc::clone(&self.inner), location.clone());
+            tracked(pass, async move {
+                inner.put_opts(&location, payload, opts).await
+            })
+            .await
+        })
+    }
+
+    fn put_multipart_opts<'a, 'b, 't>(
+        &'a self,
+        location: &'b Path,
+        opts: PutMultipartOptions,
+    ) -> Boxed<'t, Box<dyn MultipartUpload>>
+    where
+        'a: 't,
+        'b: 't,
+        Self: 't,
+    {
+        Box::pin(async move {
+            let pass = self.pass()?;
+            let (inner, location) = (Arc::clone(&self.inner), location.clone());
+            let upload = tracked(pass, async move {
+                inner.put_multipart_opts(&location, opts).await
+            })
+            .await?;
+            let upload: Box<dyn MultipartUpload> = Box::new(GatedUpload {
+                upload: Arc::new(tokio::sync::Mutex::new(upload)),
+                gate: self.gate.clone(),
+            });
+            Ok(upload)
+        })
+    }
+
+    fn get_opts<'a, 'b, 't>(
+        &'a self,
+        location: &'b Path,
+        options: GetOptions,
+    ) -> Boxed<'t, GetResult>
+    where
+        'a: 't,
+        'b: 't,
+        Self: 't,
+    {
+        self.inner.get_opts(location, options)
+    }
+
+    fn get_ranges<'a, 'b, 'c, 't>(
+        &'a self,
+        location: &'b Path,
+        ranges: &'c [std::ops::Range<u64>],
+    ) -> Boxed<'t, Vec<Bytes>>
+    where
+        'a: 't,
+        'b: 't,
+        'c: 't,
+        Self: 't,
+    {
+        self.inner.get_ranges(location, ranges)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        let (inner, gate) = (Arc::clone(&self.inner), self.gate.clone());
+        locations
+            .then(move |location| {
+                let (inner, gate) = (Arc::clone(&inner), gate.clone());
+                async move {
+                    let location = location?;
+                    let pass = gate.enter().ok_or_else(stopped)?;
+                    tracked(pass, async move {
+                        let one = stream::once(async move { Ok(location) }).boxed();
+                        match inner.delete_stream(one).next().await {
+                            Some(result) => result,
+                            None => Err(stopped()),
+                        }
+                    })
+                    .await
+                }
+            })
+            .boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    fn list_with_delimiter<'a, 'b, 't>(&'a self, prefix: Option<&'b Path>) -> Boxed<'t, ListResult>
+    where
+        'a: 't,
+        'b: 't,
+        Self: 't,
+    {
+        self.inner.list_with_delimiter(prefix)
+    }
+
+    fn copy_opts<'a, 'b, 'c, 't>(
+        &'a self,
+        from: &'b Path,
+        to: &'c Path,
+        options: CopyOptions,
+    ) -> Boxed<'t, ()>
+    where
+        'a: 't,
+        'b: 't,
+        'c: 't,
+        Self: 't,
+    {
+        Box::pin(async move {
+            let pass = self.pass()?;
+            let (inner, from, to) = (Arc::clone(&self.inner), from.clone(), to.clone());
+            tracked(
+                pass,
+                async move { inner.copy_opts(&from, &to, options).await },
+            )
+            .await
+        })
+    }
+
+    fn rename_opts<'a, 'b, 'c, 't>(
+        &'a self,
+        from: &'b Path,
+        to: &'c Path,
+        options: RenameOptions,
+    ) -> Boxed<'t, ()>
+    where
+        'a: 't,
+        'b: 't,
+        'c: 't,
+        Self: 't,
+    {
+        Box::pin(async move {
+            let pass = self.pass()?;
+            let (inner, from, to) = (Arc::clone(&self.inner), from.clone(), to.clone());
+            tracked(
+                pass,
+                async move { inner.rename_opts(&from, &to, options).await },
+            )
+            .await
+        })
+    }
+}
+
+/// A multipart upload of a [`GatedStore`]: parts and the completion are
+/// writes; an abort (clean-up) is let through after the gate closed.
+#[derive(Debug)]
+struct GatedUpload {
+    upload: Arc<tokio::sync::Mutex<Box<dyn MultipartUpload>>>,
+    gate: Gate,
+}
+
+impl MultipartUpload for GatedUpload {
+    fn put_part(&mut self, data: PutPayload) -> UploadPart {
+        let Some(pass) = self.gate.enter() else {
+            return Box::pin(async { Err(stopped()) });
+        };
+        // The part starts now (parts may run concurrently); only its
+        // creation needs the upload.
+        let part = match self.upload.try_lock() {
+            Ok(mut upload) => upload.put_part(data),
+            Err(_) => return Box::pin(async { Err(stopped()) }),
+        };
+        Box::pin(tracked(pass, part))
+    }
+
+    fn complete<'a, 't>(&'a mut self) -> Boxed<'t, PutResult>
+    where
+        'a: 't,
+        Self: 't,
+    {
+        Box::pin(async move {
+            let pass = self.gate.enter().ok_or_else(stopped)?;
+            let upload = Arc::clone(&self.upload);
+            tracked(pass, async move { upload.lock().await.complete().await }).await
+        })
+    }
+
+    fn abort<'a, 't>(&'a mut self) -> Boxed<'t, ()>
+    where
+        'a: 't,
+        Self: 't,
+    {
+        Box::pin(async move { self.upload.lock().await.abort().await })
     }
 }
 
@@ -203,6 +532,9 @@ pub(crate) struct Mover {
     pub(crate) on_bytes: Arc<dyn Fn(u64) + Send + Sync>,
     /// Part buffers, reused across uploads.
     pub(crate) parts: PartPool,
+    /// The run's gate: writes into a directory target pass it (writes
+    /// through a store pass its [`GatedStore`]).
+    pub(crate) gate: Gate,
 }
 
 /// Multipart part buffers, reused: allocating a fresh part-sized buffer
@@ -493,10 +825,18 @@ struct LocalUpload {
     file: Option<StagedFile>,
     block: Vec<u8>,
     capacity: usize,
+    gate: Gate,
     _permit: OwnedSemaphorePermit,
 }
 
 impl LocalUpload {
+    /// A pass for one write to the file (waited for by a stopped run).
+    fn pass(&self) -> Result<Pass> {
+        self.gate.enter().ok_or_else(|| Error::Task {
+            reason: "the sync was stopped".into(),
+        })
+    }
+
     fn error(&self, e: std::io::Error) -> Error {
         let source = object_store::Error::Generic {
             store: "LocalFileSystem",
@@ -508,6 +848,7 @@ impl LocalUpload {
     /// Writes `data` (or the pending block when `data` is `None`) on the
     /// blocking pool.
     async fn write_out(&mut self, data: Option<Bytes>) -> Result<()> {
+        let pass = self.pass()?;
         let Some(mut file) = self.file.take() else {
             return Err(self.error(std::io::Error::other("the staged file was closed")));
         };
@@ -515,13 +856,15 @@ impl LocalUpload {
             Some(_) => Vec::new(),
             None => std::mem::take(&mut self.block),
         };
-        let (file, block, result) = tokio::task::spawn_blocking(move || {
+        // The pass goes back with the staged file: when the caller was
+        // dropped meanwhile, the file is removed before the pass is.
+        let (file, block, result, _pass) = tokio::task::spawn_blocking(move || {
             let result = match &data {
                 Some(data) => file.write_all(data),
                 None => file.write_all(&block),
             };
             block.clear();
-            (file, block, result)
+            (file, block, result, pass)
         })
         .await
         .map_err(|e| Error::Task {
@@ -570,6 +913,7 @@ impl Upload {
             file: None,
             block: Vec::with_capacity(capacity),
             capacity,
+            gate: mover.gate.clone(),
             _permit: permit,
         };
         upload.file = Some(file.map_err(|e| upload.error(e))?);
@@ -651,12 +995,16 @@ impl Upload {
                 let Some(file) = l.file.take() else {
                     return Err(l.error(std::io::Error::other("the staged file was closed")));
                 };
-                let md = tokio::task::spawn_blocking(move || file.commit())
-                    .await
-                    .map_err(|e| Error::Task {
-                        reason: e.to_string(),
-                    })?
-                    .map_err(|e| l.error(e))?;
+                let pass = l.pass()?;
+                let md = tokio::task::spawn_blocking(move || {
+                    let _pass = pass;
+                    file.commit()
+                })
+                .await
+                .map_err(|e| Error::Task {
+                    reason: e.to_string(),
+                })?
+                .map_err(|e| l.error(e))?;
                 Ok(PutResult {
                     e_tag: Some(etag_of(&md)),
                     version: None,
@@ -758,6 +1106,39 @@ impl Multi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+    use warmspare_testkit::{Fault, FaultStore, Op};
+
+    /// A write that started when its run was dropped lands whole and is
+    /// waited for; a write after the gate closed never starts.
+    #[tokio::test]
+    async fn a_closed_gate_refuses_writes_and_waits_for_started_ones() {
+        let faults = FaultStore::new(Arc::new(object_store::memory::InMemory::new()));
+        let slow = faults.inject(Fault::latency(Op::Put, Duration::from_millis(300)).prefix("a"));
+        let gate = Gate::default();
+        let store = GatedStore::new(Arc::new(faults.clone()), gate.clone());
+        {
+            // Drop the write once it reached the store, like a dropped run.
+            let path = Path::from("a");
+            let mut put = Box::pin(store.put(&path, "x".into()));
+            while faults.fired(slow) == 0 {
+                assert!(futures::poll!(put.as_mut()).is_pending());
+                tokio::task::yield_now().await;
+            }
+        }
+        gate.close();
+        let refused = store.put(&Path::from("b"), "y".into()).await;
+        assert!(refused.is_err(), "{refused:?}");
+        let refused = store.delete(&Path::from("a")).await;
+        assert!(refused.is_err(), "{refused:?}");
+        gate.idle().await;
+        let inner = faults.inner();
+        assert!(inner.head(&Path::from("a")).await.is_ok(), "not waited for");
+        assert!(inner.head(&Path::from("b")).await.is_err());
+        assert_eq!(faults.calls(Op::Put), 1);
+        // Reads still pass.
+        assert!(store.head(&Path::from("a")).await.is_ok());
+    }
 
     #[test]
     fn only_plain_etags_are_md5s() {

@@ -9,7 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use warmspare_replicate::object_store::ObjectStore;
-use warmspare_replicate::{Endpoint, SyncEvent, SyncOptions, SyncReport, sync_endpoints};
+use warmspare_replicate::object_store::path::Path;
+use warmspare_replicate::{
+    Endpoint, SyncEvent, SyncOptions, SyncReport, sync_endpoints, sync_endpoints_until,
+};
 use warmspare_testkit::{Fault, Op};
 
 use crate::common::*;
@@ -225,19 +228,24 @@ async fn resume(source: &TestStore, target: &TestStore, endpoints: (Endpoint, En
     let copied = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(tokio::sync::Notify::new());
     let (seen, stopper) = (Arc::clone(&copied), Arc::clone(&stop));
-    let interrupted = sync_endpoints(&endpoints.0, &endpoints.1, &options, move |e| {
-        if let SyncEvent::Copied { key, .. } = e {
-            let mut seen = seen.lock().unwrap();
-            seen.push(key.to_string());
-            if seen.len() == 5 {
-                stopper.notify_one();
+    // Stopped, and returns once its writes ended: a write of it landing
+    // under the next run would change what that run sees.
+    let interrupted = sync_endpoints_until(
+        &endpoints.0,
+        &endpoints.1,
+        &options,
+        move |e| {
+            if let SyncEvent::Copied { key, .. } = e {
+                let mut seen = seen.lock().unwrap();
+                seen.push(key.to_string());
+                if seen.len() == 5 {
+                    stopper.notify_one();
+                }
             }
-        }
-    });
-    tokio::select! {
-        _ = interrupted => {}
-        () = stop.notified() => {}
-    }
+        },
+        stop.notified(),
+    );
+    let _ = interrupted.await;
     // Checkpoints come after every second copy: the first four are in.
     let checkpointed: Vec<String> = copied.lock().unwrap()[..4].to_vec();
 
@@ -259,11 +267,7 @@ async fn resume(source: &TestStore, target: &TestStore, endpoints: (Endpoint, En
     }
     assert_eq!(digests(target.raw()).await, digests(source.raw()).await);
     // The final state includes the checkpoints, which are gone.
-    let journal = warmspare_replicate::object_store::path::Path::from(".warmspare/sync/journal");
-    let left: Vec<_> =
-        futures::TryStreamExt::try_collect::<Vec<_>>(target.raw().list(Some(&journal)))
-            .await
-            .unwrap();
+    let left = journal(target).await;
     assert!(left.is_empty(), "{left:?}");
     // And a pass reads nothing.
     let report = run_endpoints(&endpoints.0, &endpoints.1, &options).await;
@@ -282,6 +286,147 @@ async fn an_interrupted_run_resumes_from_its_checkpoints() {
         let endpoints = (faulty(&src), faulty(&dst));
         resume(&src, &dst, endpoints).await;
     }
+}
+
+/// The checkpoint segments in a target.
+async fn journal(target: &TestStore) -> Vec<String> {
+    let journal = Path::from(".warmspare/sync/journal");
+    let listed: Vec<_> =
+        futures::TryStreamExt::try_collect::<Vec<_>>(target.raw().list(Some(&journal)))
+            .await
+            .unwrap();
+    let mut names: Vec<String> = listed.iter().map(|m| m.location.to_string()).collect();
+    names.sort();
+    names
+}
+
+/// A run stopped while a checkpoint is being written returns only once
+/// that write ended: the next run sees it, and nothing of the stopped run
+/// lands under it (the flake of `an_interrupted_run_resumes...`, made
+/// deterministic with a slow checkpoint write).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_has_stopped_writing_when_it_returns() {
+    for kind in [Kind::Fs, Kind::S3] {
+        let (Some(src), Some(dst)) = (store(Kind::Fs, "stp").await, store(kind, "stp").await)
+        else {
+            return;
+        };
+        for i in 0..12u64 {
+            put(src.raw(), &format!("obj/{i:02}"), data(i, 20_000)).await;
+        }
+        let options = options().with_concurrency(1).with_checkpoint_objects(2);
+        let second = ".warmspare/sync/journal/000000000001-00000001.jsonl.zst";
+        let slow = dst
+            .faults
+            .inject(Fault::latency(Op::Put, Duration::from_secs(1)).prefix(second));
+        let faults = dst.faults.clone();
+        // Stop once the second checkpoint's write reached the store.
+        let stop = async move {
+            while faults.fired(slow) == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let (source, target) = (faulty(&src), faulty(&dst));
+        let stopped = sync_endpoints_until(&source, &target, &options, |_| {}, stop).await;
+        assert!(stopped.is_err(), "{kind:?}: {stopped:?}");
+        // The checkpoint that was being written has landed, whole.
+        let segments = journal(&dst).await;
+        assert!(
+            segments.iter().any(|s| s == second),
+            "{kind:?}: {segments:?}"
+        );
+        let puts = dst.faults.calls(Op::Put) + dst.faults.calls(Op::PutMultipart);
+
+        // The next run does not read again what the checkpoints name, and
+        // leaves no checkpoint behind.
+        let checkpointed = ["obj/00", "obj/01", "obj/02", "obj/03"];
+        let reads: Vec<_> = checkpointed
+            .iter()
+            .map(|key| {
+                src.faults
+                    .inject(Fault::latency(Op::Get, Duration::ZERO).prefix(*key))
+            })
+            .collect();
+        let report = run_endpoints(&source, &target, &options).await;
+        assert!(report.is_success(), "{kind:?}: {report:?}");
+        assert!(
+            dst.faults.calls(Op::Put) + dst.faults.calls(Op::PutMultipart) > puts,
+            "the next run writes"
+        );
+        for (key, id) in checkpointed.iter().zip(reads) {
+            assert_eq!(src.faults.fired(id), 0, "{kind:?}: {key} read again");
+        }
+        assert_eq!(digests(dst.raw()).await, digests(src.raw()).await);
+        assert_eq!(journal(&dst).await, Vec::<String>::new(), "{kind:?}");
+        let report = run_endpoints(&source, &target, &options).await;
+        assert_eq!(
+            (report.skipped, report.bytes_read),
+            (12, 0),
+            "{kind:?}: {report:?}"
+        );
+    }
+}
+
+/// A copy between directories runs on a file thread: a stopped run
+/// returns only once that thread let go of the target (its staged file is
+/// gone, nothing lands later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_directory_copy_has_stopped_when_it_returns() {
+    let (Some(src), Some(dst)) = (store(Kind::Fs, "sd").await, store(Kind::Fs, "sd").await) else {
+        return;
+    };
+    let big = "big/object.bin";
+    put(src.raw(), big, data(5, 6 * 1024 * 1024)).await;
+    // Slow enough that the copy is mid-way when it is stopped.
+    let options = options().with_bwlimit(Some(1024 * 1024));
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopper = Arc::clone(&stop);
+    let stopped = sync_endpoints_until(
+        &local(&src),
+        &local(&dst),
+        &options,
+        move |e: &SyncEvent<'_>| {
+            if matches!(e, SyncEvent::Bytes(_)) {
+                stopper.notify_one();
+            }
+        },
+        stop.notified(),
+    )
+    .await;
+    assert!(stopped.is_err(), "{stopped:?}");
+    assert_eq!(staged_files(dst.dir().unwrap()), Vec::<String>::new());
+    assert!(!dst.dir().unwrap().join(big).exists());
+    // The next run copies it whole.
+    let report = run_endpoints(&local(&src), &local(&dst), &options.with_bwlimit(None)).await;
+    assert!(report.is_success(), "{report:?}");
+    assert_eq!(digests(dst.raw()).await, digests(src.raw()).await);
+}
+
+/// Checkpoint segments that the state record already includes (a run
+/// stopped while it removed them) are removed by the next run, even one
+/// that changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leftover_checkpoints_are_removed_by_a_pass_without_changes() {
+    let (Some(src), Some(dst)) = (store(Kind::Fs, "lo").await, store(Kind::Fs, "lo").await) else {
+        return;
+    };
+    for i in 0..4u64 {
+        put(src.raw(), &format!("obj/{i:02}"), data(i, 1000)).await;
+    }
+    let options = options().with_checkpoint_objects(2);
+    // A first run, its checkpoints kept aside before it removes them.
+    let second = ".warmspare/sync/journal/000000000001-00000001.jsonl.zst";
+    let report = run_endpoints(&faulty(&src), &faulty(&dst), &options).await;
+    assert_eq!(report.copied, 4);
+    assert!(journal(&dst).await.is_empty());
+    // As if it had been stopped before its clean-up: a segment of run 1,
+    // which the record (journal 1) includes.
+    put(dst.raw(), second, Vec::new()).await;
+    dst.faults.reset_calls();
+    let report = run_endpoints(&faulty(&src), &faulty(&dst), &options).await;
+    assert_eq!((report.skipped, report.bytes_read), (4, 0), "{report:?}");
+    assert_eq!(dst.faults.calls(Op::Put), 0, "the state was rewritten");
+    assert!(journal(&dst).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
