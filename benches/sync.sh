@@ -236,6 +236,15 @@ for p in fs_changed s3_small s3_large s3_changed; do
     for t in rclone4 rclone16; do line ${p}_$t; done
     line ${p}_ws ${p}_rclone4 ${p}_rclone16
 done
+# A verified copy does the hashing and the copying: with both spread
+# perfectly over every core it cannot take less than (hash + cp) / cores,
+# which bounds the large-object speed-up vs cp on this machine.
+if [ -n "$(f fs_large_sha256 2)" ] && [ -n "$(f fs_large_cp 2)" ]; then
+    awk -v h="$(f fs_large_sha256 2)" -v c="$(f fs_large_cp 2)" -v n="$(nproc)" 'BEGIN {
+        b = (h + c) / n
+        printf "large: bound for any verified copy on %d cores = (sha256 %.2f s + cp %.2f s) / %d = %.2f s, a speed-up vs cp of at most %.2f\n", n, h, c, n, b, c / b
+    }'
+fi
 echo
 echo "targets (issue 4): no-change ≥ 2× rclone's fastest; small objects ≥ 1.5× rclone's objects/s;"
 echo "large: speed-up vs cp ≥ 0.9 (cp: page cache only; cpsync: written back); peak RSS < budget = 64 MiB + 1.5 KiB/object"
