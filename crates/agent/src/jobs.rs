@@ -71,7 +71,7 @@ pub(crate) fn standard(
     .collect()
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Backup,
     PhysicalBackup,
@@ -194,11 +194,17 @@ impl Job for Builtin {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
+        if self.kind == Kind::Sync {
+            // Stopped from within: it returns once the writes it started
+            // into the spare's store have ended, so that the next run
+            // never races a cancelled one.
+            return sync(&self.env, &ctx).await;
+        }
         let work = async {
             match self.kind {
                 Kind::Backup => backup(&self.env).await,
                 Kind::PhysicalBackup => physical_backup(&self.env).await,
-                Kind::Sync => sync(&self.env).await,
+                Kind::Sync => sync(&self.env, &ctx).await,
                 Kind::Restore => restore(&self.env).await,
                 Kind::Verify => verify(&self.env).await,
                 Kind::Prune => prune(&self.env).await,
@@ -315,7 +321,7 @@ async fn physical_backup(env: &Env) -> Result<JobOutcome, JobError> {
     )))
 }
 
-async fn sync(env: &Env) -> Result<JobOutcome, JobError> {
+async fn sync(env: &Env, ctx: &JobContext) -> Result<JobOutcome, JobError> {
     match env.standing() {
         Standing::Active(_) => {}
         Standing::Standby => return skipped("the active site runs sync"),
@@ -342,14 +348,19 @@ async fn sync(env: &Env) -> Result<JobOutcome, JobError> {
     let options = SyncOptions::default().with_source_id(source.display_url());
     // As `warmspare sync` does: a `file://` store's directory is listed,
     // read and written directly.
-    let report = warmspare_replicate::sync_endpoints(
+    let report = match warmspare_replicate::sync_endpoints_until(
         &Endpoint::for_store(&source),
         &Endpoint::for_store(&target),
         &options,
         |_| {},
+        ctx.cancelled(),
     )
     .await
-    .map_err(JobError::failed)?;
+    {
+        Ok(report) => report,
+        Err(_) if ctx.is_cancelled() => return Err(JobError::Cancelled),
+        Err(e) => return Err(JobError::failed(e)),
+    };
     env.links.update(|m| {
         m.synced = true;
         m.sync_objects_total += report.copied;
