@@ -194,3 +194,25 @@ pub(crate) async fn run(
     .await
     .unwrap()
 }
+
+/// The store as a directory endpoint (its raw `LocalFileSystem`).
+pub(crate) fn local(store: &TestStore) -> warmspare_replicate::Endpoint {
+    warmspare_replicate::Endpoint::local(Arc::clone(store.raw()), store.dir().unwrap())
+}
+
+/// Leftovers of a copy: staged files (`name#digits`) anywhere.
+pub(crate) fn staged_files(root: &std::path::Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else if entry.file_name().to_string_lossy().contains('#') {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    found
+}

@@ -17,11 +17,6 @@ use warmspare_testkit::{Fault, Op};
 
 use crate::common::*;
 
-/// The store as a directory endpoint (its raw `LocalFileSystem`).
-fn local(store: &TestStore) -> Endpoint {
-    Endpoint::local(Arc::clone(store.raw()), store.dir().unwrap())
-}
-
 /// The store through its fault injection.
 fn faulty(store: &TestStore) -> Endpoint {
     Endpoint::new(Arc::clone(&store.store))
@@ -31,23 +26,6 @@ async fn run_endpoints(source: &Endpoint, target: &Endpoint, options: &SyncOptio
     sync_endpoints(source, target, options, |_: &SyncEvent<'_>| {})
         .await
         .unwrap()
-}
-
-/// Leftovers of a copy: staged files (`name#digits`) anywhere.
-fn staged_files(root: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                dirs.push(entry.path());
-            } else if entry.file_name().to_string_lossy().contains('#') {
-                found.push(entry.path().display().to_string());
-            }
-        }
-    }
-    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

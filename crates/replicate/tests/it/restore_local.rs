@@ -13,23 +13,6 @@ use warmspare_testkit::{Fault, Op};
 
 use crate::common::*;
 
-/// Leftovers of a write: staged files (`name#digits`) anywhere.
-fn staged_files(root: &std::path::Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_type().unwrap().is_dir() {
-                dirs.push(entry.path());
-            } else if entry.file_name().to_string_lossy().contains('#') {
-                found.push(entry.path().display().to_string());
-            }
-        }
-    }
-    found
-}
-
 /// The target store counts calls; only the state record may go through
 /// it, objects are listed, hashed and written in the directory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,16 +4,11 @@
 //! leaves them alone.
 
 use std::fs::File;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use warmspare_replicate::{Endpoint, SyncEvent, sync_endpoints};
+use warmspare_replicate::{SyncEvent, sync_endpoints};
 
 use crate::common::*;
-
-fn local(store: &TestStore) -> Endpoint {
-    Endpoint::local(Arc::clone(store.raw()), store.dir().unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staged_files_left_by_a_dead_run_are_removed_by_the_next_writing_run() {
