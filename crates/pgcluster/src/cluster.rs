@@ -253,6 +253,9 @@ impl Cluster {
             .arg(self.url_for(db))
             .arg("-c")
             .arg(sql)
+            // `sql` and the output are Rust strings: UTF-8, whatever the
+            // database's encoding (psql's own default follows the locale).
+            .env("PGCLIENTENCODING", "UTF8")
             .env("PGCONNECT_TIMEOUT", "10");
         let output = run(cmd, "psql").await?;
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())

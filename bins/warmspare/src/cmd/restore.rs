@@ -239,14 +239,21 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             output::scrub(&redact_url(&args.to), &secrets)
         );
         if args.parallel_load
-            && warmspare_snapshot::LogicalMeta::from_manifest(&manifest)
-                .is_ok_and(|meta| meta.is_directory())
+            && let Ok(meta) = warmspare_snapshot::LogicalMeta::from_manifest(&manifest)
         {
-            eprintln!(
-                "restore: snapshot {} was taken with `backup db --jobs` (directory format): \
-                 --parallel-load does not apply to it; pg_restore --jobs {} restores it",
-                manifest.id, args.jobs
-            );
+            if meta.is_directory() {
+                eprintln!(
+                    "restore: snapshot {} was taken with `backup db --jobs` (directory format): \
+                     --parallel-load does not apply to it; pg_restore --jobs {} restores it",
+                    manifest.id, args.jobs
+                );
+            } else if !meta.encoding.eq_ignore_ascii_case("UTF8") {
+                eprintln!(
+                    "restore: snapshot {} is of a {} database: --parallel-load needs UTF8; \
+                     pg_restore --jobs {} restores it",
+                    manifest.id, meta.encoding, args.jobs
+                );
+            }
         }
         restore_logical(
             &repository,

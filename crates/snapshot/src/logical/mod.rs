@@ -174,7 +174,9 @@ pub struct RestoreOptions {
     /// `jobs` connections, a large table's rows split among them, instead
     /// of `pg_restore --jobs` (which gives each table to one connection).
     /// With one job a custom-format snapshot always goes through this
-    /// loader, over one connection (rows in the source's order).
+    /// loader, over one connection (rows in the source's order). Both
+    /// need a `UTF8` database: a snapshot in another encoding is restored
+    /// by `pg_restore` alone (streamed with one job, spooled with more).
     /// The tables' contents are the same, their rows' physical order is
     /// not (a `pg_dump` of the copy lists rows in another order). See
     /// `logical/load.rs`.

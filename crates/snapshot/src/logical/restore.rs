@@ -478,8 +478,13 @@ async fn restore_dump_counted(
     // The loader: with one job (rows in the source's order, the row
     // counts taken from the COPY command tags, its client work on another
     // processor than the server's COPY), or split over `jobs` connections
-    // when asked.
-    if (options.jobs <= 1 || options.parallel_load) && !meta.is_directory() {
+    // when asked. It reads `pg_restore`'s SQL as UTF-8 and runs it through
+    // sqlx, whose sessions speak UTF-8: a dump in another encoding (its
+    // identifiers in the COPY statements) goes through `pg_restore` alone.
+    if (options.jobs <= 1 || options.parallel_load)
+        && !meta.is_directory()
+        && meta.encoding.eq_ignore_ascii_case("UTF8")
+    {
         let (bytes, rows) = load::restore_parallel(
             repo,
             manifest,

@@ -7,6 +7,7 @@
 
 mod backend;
 mod bad_input;
+mod encoding;
 mod fixtures;
 mod logical;
 mod privileges;
