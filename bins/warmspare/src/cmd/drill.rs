@@ -31,7 +31,7 @@ use warmspare_pgcluster::Cluster;
 use warmspare_replicate::object_store::ObjectStore;
 use warmspare_replicate::{
     DigestAlgorithm, ExpectedArtifact, SyncOptions, list_points, read_inventory, read_point,
-    reconcile, restore_artifacts,
+    reconcile, restore_artifacts_to,
 };
 use warmspare_snapshot::physical::{PhysicalRestoreOptions, RecoveryTarget};
 use warmspare_snapshot::{
@@ -580,20 +580,20 @@ async fn artifacts(
     let replicate = |e: warmspare_replicate::Error| super::sync::failure(&e, secrets);
     std::fs::create_dir(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let url = format!("file://{}", dir.display());
-    let store = Store::open(&StoreConfig::new(&url))
-        .with_context(|| format!("cannot open {url}"))?
-        .object_store()
-        .clone();
+    // A directory: written directly, as `restore artifacts` does.
+    let store =
+        Store::open(&StoreConfig::new(&url)).with_context(|| format!("cannot open {url}"))?;
+    let target = warmspare_replicate::Endpoint::for_store(&store);
     let entries = read_inventory(repo, inventory)
         .await
         .map_err(replicate)?
         .entries;
     let progress = Arc::new(super::sync::ArtifactProgress::new("drill"));
     let p = Arc::clone(&progress);
-    let result = restore_artifacts(
+    let result = restore_artifacts_to(
         repo,
         inventory,
-        &store,
+        &target,
         &SyncOptions::default(),
         move |e: &warmspare_replicate::SyncEvent<'_>| p.event(e),
     )
@@ -626,7 +626,7 @@ async fn artifacts(
             checksum: Some(e.sha256),
         })
         .collect();
-    Ok(((store, expected, bytes), detail))
+    Ok(((store.object_store().clone(), expected, bytes), detail))
 }
 
 async fn verify_artifacts(
