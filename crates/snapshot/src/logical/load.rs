@@ -47,6 +47,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
 use warmspare_store::{Manifest, Repository};
 
+use super::restore::corrupt_or;
 use super::{LogicalMeta, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -148,14 +149,8 @@ pub(super) async fn restore_parallel(
             // failed on its own. Either may come from corrupt input: then
             // the object's digest says so, and that is the error.
             if let Err(tool_error) = running.finish(&scrub).await {
-                let mut sink = tokio::io::sink();
-                return match repo
-                    .read_manifest_file(manifest, &meta.dump_file, &mut sink, None)
-                    .await
-                {
-                    Err(corrupt) => Err(corrupt.into()),
-                    Ok(_) => Err(loaded.err().unwrap_or(tool_error)),
-                };
+                let otherwise = loaded.err().unwrap_or(tool_error);
+                return Err(corrupt_or(repo, manifest, meta, otherwise).await);
             }
             loaded?;
             return Err(Error::ToolIo {
@@ -318,14 +313,7 @@ async fn feed_section(
             if source.kind() == std::io::ErrorKind::BrokenPipe =>
         {
             if let Err(tool_error) = running.finish(scrub).await {
-                let mut sink = tokio::io::sink();
-                return match repo
-                    .read_manifest_file(manifest, &meta.dump_file, &mut sink, None)
-                    .await
-                {
-                    Err(corrupt) => Err(corrupt.into()),
-                    Ok(_) => Err(tool_error),
-                };
+                return Err(corrupt_or(repo, manifest, meta, tool_error).await);
             }
             read
         }

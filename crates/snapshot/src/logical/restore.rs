@@ -562,14 +562,7 @@ async fn restore_dump_ordered(
                 // failed for its own reasons (its stderr says which).
                 drop(stdin);
                 if let Err(tool_error) = running.finish(scrub).await {
-                    let mut sink = tokio::io::sink();
-                    return match repo
-                        .read_manifest_file(manifest, &meta.dump_file, &mut sink, None)
-                        .await
-                    {
-                        Err(corrupt) => Err(corrupt.into()),
-                        Ok(_) => Err(tool_error),
-                    };
+                    return Err(corrupt_or(repo, manifest, meta, tool_error).await);
                 }
                 Err(Error::ToolIo {
                     tool: "pg_restore",
@@ -612,6 +605,26 @@ async fn restore_dump_ordered(
         let running = tools.spawn(Tool::PgRestore, command)?;
         running.finish(scrub).await?;
         Ok(info.size)
+    }
+}
+
+/// The error of a `pg_restore` that stopped reading its input and failed:
+/// the stored dump's own, if it does not match its digest (corrupt input
+/// makes `pg_restore` fail too, and the digest names the object), else
+/// `otherwise`. Reads the object once more, to a sink.
+pub(super) async fn corrupt_or(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    otherwise: Error,
+) -> Error {
+    let mut sink = tokio::io::sink();
+    match repo
+        .read_manifest_file(manifest, &meta.dump_file, &mut sink, None)
+        .await
+    {
+        Err(corrupt) => corrupt.into(),
+        Ok(_) => otherwise,
     }
 }
 
