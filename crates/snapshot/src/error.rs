@@ -177,6 +177,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The stored dump, though it matches its digest, is not a
+    /// custom-format archive the loader can read (`pg_dump` wrote
+    /// something else, or a bug).
+    #[error("the dump {file} of snapshot {id} cannot be read: {reason}")]
+    BadDump {
+        /// The snapshot.
+        id: SnapshotId,
+        /// The dump's file in the snapshot.
+        file: String,
+        /// Why.
+        reason: String,
+    },
+
     /// Restored row counts differ from those recorded at backup time.
     #[error(
         "row counts in {database} differ from the snapshot's: {}",
@@ -553,6 +566,7 @@ impl Error {
             | Self::WrongKind { .. }
             | Self::TargetTimeUnsupported { .. }
             | Self::BadMeta { .. }
+            | Self::BadDump { .. }
             | Self::RowCountMismatch { .. }
             | Self::IndexCorrupt { .. }
             | Self::HeapCorrupt { .. }

@@ -110,7 +110,7 @@ pub use cas::{
 };
 pub use check::{CheckOutcome, CheckStatus, check_repository, rows as check_rows};
 pub use codec::{
-    Codec, Compression, DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, ObjectInfo, Progress,
+    Check, Codec, Compression, DEFAULT_MAX_CONCURRENCY, DEFAULT_PART_SIZE, ObjectInfo, Progress,
     ReadStage, ReadWrapper, SealedPut,
 };
 pub use config::{

@@ -25,7 +25,7 @@ use object_store::path::Path;
 use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::codec::{ObjectInfo, Progress};
+use crate::codec::{Check, ObjectInfo, Progress};
 use crate::crypto::{Encryption, EncryptionKey};
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
@@ -299,13 +299,37 @@ impl Repository {
     where
         W: AsyncWrite + Unpin + Send + ?Sized,
     {
+        self.read_manifest_file_checked(manifest, name, writer, progress, Check::Full)
+            .await
+    }
+
+    /// [`Repository::read_manifest_file`], checking as much as `check`
+    /// says ([`Check::Stored`] for a restore's hot path).
+    pub async fn read_manifest_file_checked<W>(
+        &self,
+        manifest: &Manifest,
+        name: &str,
+        writer: &mut W,
+        progress: Option<Progress<'_>>,
+        check: Check,
+    ) -> Result<ObjectInfo>
+    where
+        W: AsyncWrite + Unpin + Send + ?Sized,
+    {
         let path = layout::snapshot_file(&manifest.id, name)?;
         let info = manifest.files.get(name).ok_or_else(|| Error::NotFound {
             path: path.to_string(),
         })?;
         self.store
             .codec()
-            .get(self.store.object_store(), &path, info, writer, progress)
+            .get_checked(
+                self.store.object_store(),
+                &path,
+                info,
+                writer,
+                progress,
+                check,
+            )
             .await?;
         Ok(info.clone())
     }

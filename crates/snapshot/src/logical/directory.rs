@@ -36,7 +36,7 @@ use std::time::Duration;
 use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::io::AsyncReadExt as _;
 use tokio::sync::watch;
-use warmspare_store::{Manifest, Repository, SnapshotWriter};
+use warmspare_store::{Check, Manifest, Repository, SnapshotWriter};
 
 use super::chunks::{CHUNK, ChunkReader, ChunkSender};
 use crate::error::{Error, Result};
@@ -425,7 +425,7 @@ async fn download(
         ));
     };
     let info = repo
-        .read_manifest_file(manifest, object, &mut out, Some(&progress))
+        .read_manifest_file_checked(manifest, object, &mut out, Some(&progress), Check::Stored)
         .await?;
     Ok(info.size)
 }

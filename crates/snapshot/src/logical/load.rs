@@ -45,8 +45,9 @@ use std::sync::Arc;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc};
-use warmspare_store::{Manifest, Repository};
+use warmspare_store::{Check, Manifest, Repository};
 
+use super::direct;
 use super::restore::corrupt_or;
 use super::{LogicalMeta, RestoreOptions};
 use crate::error::{Error, Result};
@@ -99,6 +100,52 @@ pub(super) async fn restore_parallel(
     }
     feed_section(repo, manifest, meta, tools, pre, &scrub, None).await?;
 
+    let jobs = options.jobs.max(1) as usize;
+    let (size, rows) =
+        match direct::load_data(repo, manifest, meta, staging, options, jobs, emit).await? {
+            direct::Outcome::Loaded { size, rows } => (size, rows),
+            direct::Outcome::Unsupported => {
+                data_through_pg_restore(repo, manifest, meta, tools, staging, options, jobs, emit)
+                    .await?
+            }
+        };
+
+    let mut post = base();
+    post.arg("--section=post-data");
+    let post = feed_section(repo, manifest, meta, tools, post, &scrub, None);
+    // The table data is all written: a checkpoint started now writes it
+    // out while the index builds keep the processors busy, instead of
+    // after them (see `flush_early`). Best effort: a role without the
+    // right to CHECKPOINT just skips it.
+    let flush = async {
+        if flush_early && let Ok(mut conn) = staging.connect(options.connect_timeout).await {
+            let _ = sqlx::query("CHECKPOINT").execute(&mut conn).await;
+            let _ = conn.close().await;
+        }
+    };
+    let (post, ()) = tokio::join!(post, flush);
+    post?;
+    if privileges {
+        restore_privileges(repo, manifest, meta, tools, options, &base, &scrub).await?;
+    }
+    Ok((size, rows))
+}
+
+/// The data pass through `pg_restore --section=data --file=-`, for an
+/// archive the loader does not read itself (see `logical/direct.rs`): its
+/// SQL is cut into COPY chunks and statements.
+#[allow(clippy::too_many_arguments)]
+async fn data_through_pg_restore(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    tools: &Tools,
+    staging: &Target,
+    options: &RestoreOptions,
+    jobs: usize,
+    emit: &(dyn Fn(Event) + Send + Sync),
+) -> Result<(u64, LoadedRows)> {
+    let scrub = |text| staging.scrub(text);
     let mut data = tools.command(Tool::PgRestore);
     data.arg("--section=data")
         .arg("--file=-")
@@ -128,7 +175,13 @@ pub(super) async fn restore_parallel(
     let bytes = |n| emit(Event::Bytes(n));
     let feed = async {
         let fed = repo
-            .read_manifest_file(manifest, &meta.dump_file, &mut stdin, Some(&bytes))
+            .read_manifest_file_checked(
+                manifest,
+                &meta.dump_file,
+                &mut stdin,
+                Some(&bytes),
+                Check::Stored,
+            )
             .await;
         if fed.is_ok() {
             let _ = stdin.shutdown().await;
@@ -136,7 +189,6 @@ pub(super) async fn restore_parallel(
         drop(stdin);
         fed
     };
-    let jobs = options.jobs.max(1) as usize;
     let load = load_sql(stdout, staging, options, jobs);
     let (fed, loaded) = tokio::join!(feed, load);
     let size = match fed {
@@ -174,25 +226,6 @@ pub(super) async fn restore_parallel(
         }
     };
     running.finish(&scrub).await?;
-
-    let mut post = base();
-    post.arg("--section=post-data");
-    let post = feed_section(repo, manifest, meta, tools, post, &scrub, None);
-    // The table data is all written: a checkpoint started now writes it
-    // out while the index builds keep the processors busy, instead of
-    // after them (see `flush_early`). Best effort: a role without the
-    // right to CHECKPOINT just skips it.
-    let flush = async {
-        if flush_early && let Ok(mut conn) = staging.connect(options.connect_timeout).await {
-            let _ = sqlx::query("CHECKPOINT").execute(&mut conn).await;
-            let _ = conn.close().await;
-        }
-    };
-    let (post, ()) = tokio::join!(post, flush);
-    post?;
-    if privileges {
-        restore_privileges(repo, manifest, meta, tools, options, &base, &scrub).await?;
-    }
     Ok((size, rows))
 }
 
@@ -326,27 +359,27 @@ async fn feed_section(
 
 /// The session settings seen so far (`SET ...`, `set_config(...)`), to be
 /// applied on a loader connection before its next COPY.
-struct Settings {
-    generation: u64,
-    sql: String,
+pub(super) struct Settings {
+    pub(super) generation: u64,
+    pub(super) sql: String,
 }
 
 /// One `COPY ... FROM stdin` block of the SQL stream.
-struct CopyTarget {
+pub(super) struct CopyTarget {
     /// The statement, as `pg_restore` wrote it.
-    statement: String,
+    pub(super) statement: String,
     /// The table as written (quoted, qualified), for messages.
-    display: String,
+    pub(super) display: String,
     /// The table, unquoted; `None` if the statement could not be parsed
     /// (its rows are then counted with SQL).
-    key: Option<(String, String)>,
-    settings: Arc<Settings>,
+    pub(super) key: Option<(String, String)>,
+    pub(super) settings: Arc<Settings>,
 }
 
 /// Rows of one table, whole lines.
-struct Chunk {
-    target: Arc<CopyTarget>,
-    data: Vec<u8>,
+pub(super) struct Chunk {
+    pub(super) target: Arc<CopyTarget>,
+    pub(super) data: Vec<u8>,
 }
 
 /// Aborts a spawned task when dropped.
@@ -377,6 +410,21 @@ async fn load_sql(
     options: &RestoreOptions,
     jobs: usize,
 ) -> Result<LoadedRows> {
+    run_loader(target, options, jobs, async |control, tx| {
+        dispatch(sql, control, target, tx).await
+    })
+    .await
+}
+
+/// Runs `produce` with the ordered connection and the sender of COPY
+/// chunks, which `jobs` more connections load; returns the rows stored per
+/// table (from the COPY command tags).
+pub(super) async fn run_loader(
+    target: &Target,
+    options: &RestoreOptions,
+    jobs: usize,
+    produce: impl AsyncFnOnce(&mut PgConnection, &mpsc::Sender<Chunk>) -> Result<()>,
+) -> Result<LoadedRows> {
     let mut control = connect(target, options).await?;
     let (tx, rx) = mpsc::channel::<Chunk>(jobs);
     let rx = Arc::new(Mutex::new(rx));
@@ -393,7 +441,7 @@ async fn load_sql(
         workers.push(AbortOnDrop(task));
     }
     drop(rx);
-    let dispatched = dispatch(sql, &mut control, target, &tx).await;
+    let dispatched = produce(&mut control, &tx).await;
     drop(tx);
     let mut first_error = None;
     for task in &mut workers {
@@ -657,7 +705,7 @@ async fn dispatch(
 
 /// Sends the buffered statements (if any besides comments and blank
 /// lines) as one simple query.
-async fn run_statements(
+pub(super) async fn run_statements(
     control: &mut PgConnection,
     target: &Target,
     pending: &mut String,
@@ -739,7 +787,7 @@ fn copy_statement(line: &str) -> Option<&str> {
 
 /// The table of `COPY schema.table (cols) FROM stdin;`: as written, and
 /// unquoted (`None` if it cannot be parsed).
-fn parse_copy_table(statement: &str) -> (String, Option<(String, String)>) {
+pub(super) fn parse_copy_table(statement: &str) -> (String, Option<(String, String)>) {
     let rest = statement.strip_prefix("COPY ").unwrap_or(statement);
     let parsed = (|| {
         let (schema, rest) = parse_ident(rest)?;

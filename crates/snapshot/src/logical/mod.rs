@@ -4,9 +4,11 @@
 //! spare through a staging database and a rename swap
 //! ([`restore_logical`]).
 
+mod archive;
 mod backup;
 mod chunks;
 mod deep;
+mod direct;
 mod directory;
 mod globals;
 mod load;

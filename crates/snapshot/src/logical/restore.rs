@@ -10,7 +10,7 @@ use sqlx::{Connection as _, PgConnection};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::io::AsyncWriteExt;
-use warmspare_store::{Manifest, Repository, SnapshotId, SnapshotKind};
+use warmspare_store::{Check, Manifest, Repository, SnapshotId, SnapshotKind};
 
 use super::globals::{self, GlobalsReport};
 use super::load::{self, LoadedRows};
@@ -543,7 +543,13 @@ async fn restore_dump_ordered(
             });
         };
         let fed = repo
-            .read_manifest_file(manifest, &meta.dump_file, &mut stdin, Some(&bytes))
+            .read_manifest_file_checked(
+                manifest,
+                &meta.dump_file,
+                &mut stdin,
+                Some(&bytes),
+                Check::Stored,
+            )
             .await;
         match fed {
             Ok(info) => {
@@ -591,7 +597,13 @@ async fn restore_dump_ordered(
         };
         let mut file = tokio::fs::File::from_std(spool.as_file().try_clone().map_err(spool_error)?);
         let info = repo
-            .read_manifest_file(manifest, &meta.dump_file, &mut file, Some(&bytes))
+            .read_manifest_file_checked(
+                manifest,
+                &meta.dump_file,
+                &mut file,
+                Some(&bytes),
+                Check::Stored,
+            )
             .await?;
         // Written out, not made durable: the spool does not outlive the
         // run, and pg_restore reads it from the page cache.

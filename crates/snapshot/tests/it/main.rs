@@ -7,6 +7,7 @@
 
 mod backend;
 mod bad_input;
+mod direct;
 mod encoding;
 mod fixtures;
 mod logical;
