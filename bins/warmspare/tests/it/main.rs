@@ -13,6 +13,7 @@ mod parallel_load;
 mod physical;
 mod snapshots;
 mod spool;
+mod timeline;
 mod verify_physical;
 mod wal;
 
