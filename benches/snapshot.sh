@@ -160,11 +160,48 @@ SNAP_J2=$(jq -r '.id' "$WORK/out/backup_j2.json")
 # --- restore into the spare -----------------------------------------------
 # The spare already has a "bench" database, so warmspare's run includes the
 # swap (terminate sessions, rename) and keeps the replaced copy.
+#
+# Every restore starts from a clean server: `clean` checkpoints the spare
+# and syncs the page cache. Without it a command would pay for writing
+# out what the one before it left dirty (warmspare's swap drops the
+# previous copy, and DROP DATABASE forces a checkpoint: run right after
+# gunzip | psql, it wrote out psql's 750 MB as well as its own).
+clean() {
+    psql -p "$SPARE_PORT" -d postgres -c checkpoint
+    sync
+}
+# The server's floor for a COPY-based restore with two connections: the
+# pgbench_accounts rows (all but a few KB of the data) split into two
+# files loaded by two `psql \copy` at once, then its primary key, with no
+# client work, no checks and no swap (the other tables are a few hundred
+# rows). No tool that restores through COPY on this server can be faster.
+gunzip -c "$WORK/out/bench.sql.gz" |
+    awk '/^COPY public.pgbench_accounts /{ f = 1; next } f && /^\\\.$/ { f = 0 } f' >"$WORK/out/accounts.txt"
+split -n l/2 "$WORK/out/accounts.txt" "$WORK/out/accounts.part."
+rm "$WORK/out/accounts.txt"
+chown postgres: "$WORK"/out/accounts.part.*
+COPY_SESSION="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p $SPARE_PORT -U postgres -d floor"
+cat >"$WORK/floor.sh" <<FLOOR
+#!/bin/sh
+set -e
+$COPY_SESSION -c "create table pgbench_accounts (aid int not null, bid int, abalance int, filler char(84))"
+$COPY_SESSION -c "\\copy pgbench_accounts from '$WORK/out/accounts.part.aa'" & a=\$!
+$COPY_SESSION -c "\\copy pgbench_accounts from '$WORK/out/accounts.part.ab'" & b=\$!
+wait \$a
+wait \$b
+$COPY_SESSION -c "alter table only pgbench_accounts add constraint pgbench_accounts_pkey primary key (aid)"
+FLOOR
+chmod 755 "$WORK/floor.sh"
 psql -p "$SPARE_PORT" -d postgres -c 'create database bench'
 for i in $(seq "$REPEAT"); do
+    psql -p "$SPARE_PORT" -d postgres -c 'drop database if exists floor' -c 'create database floor'
+    clean
+    run floor_copy2 "$WORK/floor.sh"
     psql -p "$SPARE_PORT" -d postgres -c 'drop database if exists manual' -c 'create database manual'
+    clean
     run gunzip_psql sh -c "gunzip -c $WORK/out/bench.sql.gz | $PG_BIN/psql -X -q -v ON_ERROR_STOP=1 \
         -h 127.0.0.1 -p $SPARE_PORT -U postgres -d manual > /dev/null"
+    clean
     # stderr (the steps) timestamped into steps.ws_restore.N
     run ws_restore sh -c "$BIN --config $CFG restore db $SNAP \
         --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
@@ -174,19 +211,23 @@ for i in $(seq "$REPEAT"); do
     # job, into a fresh database (no checks, no swap).
     psql -p "$SPARE_PORT" -d postgres -c 'drop database if exists plain_restore' \
         -c 'create database plain_restore'
+    clean
     run zstd_pg_restore sh -c "zstd -q -dc $WORK/out/bench.dump.zst | $PG_BIN/pg_restore \
         -h 127.0.0.1 -p $SPARE_PORT -U postgres -d plain_restore"
     # The parallel loader: the same snapshot streamed (no spool), the table
     # data over two COPY connections (pre-data, data, post-data passes).
+    clean
     run ws_restore_par sh -c "$BIN --config $CFG restore db $SNAP --jobs 2 --parallel-load \
         --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
         | $WORK/stamp > $WORK/out/steps.ws_restore_par.$i"
     # The same with two pg_restore jobs (the verified dump is spooled first).
+    clean
     run ws_restore_j2 sh -c "$BIN --config $CFG restore db $SNAP --jobs 2 --spool-dir $WORK/out \
         --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
         | $WORK/stamp > $WORK/out/steps.ws_restore_j2.$i"
     # The directory-format snapshot: objects downloaded in parallel, then
     # pg_restore -j 2.
+    clean
     run ws_restore_dir sh -c "$BIN --config $CFG restore db $SNAP_J2 --jobs 2 --spool-dir $WORK/out \
         --to postgres://postgres@127.0.0.1:$SPARE_PORT/bench 2>&1 > $WORK/out/restore.txt \
         | $WORK/stamp > $WORK/out/steps.ws_restore_dir.$i"
@@ -272,6 +313,7 @@ row ws_backup 'warmspare backup db' "$SIZE_WS" floor_plain
 row ws_backup '  (same, vs the manual recipe)' "$SIZE_WS" pgdump_gzip "$SIZE_GZIP"
 row ws_backup_j2 'warmspare backup db --jobs 2' "$SIZE_WS_J2" floor_plain
 row gunzip_psql 'gunzip | psql' ''
+row floor_copy2 'server floor: 2 × \copy + primary key' '' gunzip_psql
 row ws_restore 'warmspare restore db (check+swap)' '' gunzip_psql
 row ws_restore_par '  (same, --jobs 2 --parallel-load)' '' gunzip_psql
 row ws_restore_j2 '  (same, --jobs 2)' '' gunzip_psql
@@ -302,5 +344,8 @@ for kind in ws_restore ws_restore_par ws_restore_j2 ws_restore_dir; do
     echo "$line"
 done
 echo
+echo "bound: a COPY-based restore on this server takes at least the server floor,"
+echo "  $(ratio "$(t floor_copy2)" "$(t gunzip_psql)")× of gunzip | psql with no client work, checks or swap;"
+echo "  warmspare --jobs 2 --parallel-load is $(ratio "$(t ws_restore_par)" "$(t floor_copy2)")× that floor"
 echo "targets (issue 3): backup ≤ 1.15× floor, size ≤ gzip; restore ≤ 0.8× gunzip|psql;"
 echo "physical ≤ 1.1× pgbackrest; peak RSS < 256 MiB"

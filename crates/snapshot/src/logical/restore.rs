@@ -368,11 +368,18 @@ async fn apply(
         // Dropping the previous copy next forces an immediate checkpoint,
         // which must first write out everything the restore left dirty
         // (seconds for a large database). Started now, that writing
-        // overlaps the counting, which only reads. Best effort: a role
+        // overlaps the counting, which only reads; with every count known
+        // from the load there is no counting to overlap, and a checkpoint
+        // more would only come before the drop's own. Best effort: a role
         // without the right to CHECKPOINT just skips it.
+        let counting = loaded.as_ref().is_none_or(|known| {
+            expected
+                .iter()
+                .any(|t| !known.contains_key(&(t.schema.clone(), t.table.clone())))
+        });
         let admin = &mut p.admin;
         let flush = async move {
-            if drop_follows {
+            if drop_follows && counting {
                 let _ = sqlx::query("CHECKPOINT").execute(admin).await;
             }
         };
