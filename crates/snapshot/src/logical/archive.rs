@@ -451,6 +451,7 @@ fn decode_int(bytes: &[u8]) -> Result<i64> {
 
 #[cfg(test)]
 pub(super) mod tests {
+    use super::super::load::tests::Pieces;
     use super::*;
     use proptest::prelude::*;
 
@@ -554,30 +555,6 @@ pub(super) mod tests {
                 self.out.extend_from_slice(p);
             }
             self.int(0);
-        }
-    }
-
-    /// Reads in pieces of the given sizes (cycled).
-    struct Pieces {
-        data: Vec<u8>,
-        at: usize,
-        sizes: Vec<usize>,
-        next: usize,
-    }
-
-    impl AsyncRead for Pieces {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<std::io::Result<()>> {
-            let size = self.sizes[self.next % self.sizes.len()];
-            self.next += 1;
-            let n = size.min(buf.remaining()).min(self.data.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.data[at..at + n]);
-            self.at += n;
-            std::task::Poll::Ready(Ok(()))
         }
     }
 

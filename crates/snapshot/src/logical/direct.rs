@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use sqlx::postgres::types::Oid;
 use sqlx::{AssertSqlSafe, PgConnection};
-use tokio::io::{AsyncRead, AsyncWriteExt};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc;
 use warmspare_store::{Check, Manifest, Repository};
 
@@ -33,7 +33,7 @@ use super::archive::{Archive, ArchiveError, Block, Entry, SECTION_DATA};
 use super::load::{
     CHUNK, Chunk, CopyTarget, LoadedRows, Settings, parse_copy_table, run_loader, run_statements,
 };
-use super::restore::corrupt_or;
+use super::restore::{corrupt_or, feed_dump};
 use super::{LogicalMeta, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -70,24 +70,9 @@ pub(super) async fn load_data(
     jobs: usize,
     emit: &(dyn Fn(Event) + Send + Sync),
 ) -> Result<Outcome> {
-    let (mut writer, reader) = tokio::io::duplex(PIPE);
+    let (writer, reader) = tokio::io::duplex(PIPE);
     let bytes = |n| emit(Event::Bytes(n));
-    let feed = async {
-        let fed = repo
-            .read_manifest_file_checked(
-                manifest,
-                &meta.dump_file,
-                &mut writer,
-                Some(&bytes),
-                Check::Stored,
-            )
-            .await;
-        if fed.is_ok() {
-            let _ = writer.shutdown().await;
-        }
-        drop(writer);
-        fed
-    };
+    let feed = feed_dump(repo, manifest, meta, writer, Some(&bytes), Check::Stored);
     let bad = |e: ArchiveError| Error::BadDump {
         id: manifest.id.clone(),
         file: meta.dump_file.clone(),

@@ -43,12 +43,12 @@ use std::process::Stdio;
 use std::sync::Arc;
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::{Mutex, mpsc};
 use warmspare_store::{Check, Manifest, Repository};
 
 use super::direct;
-use super::restore::corrupt_or;
+use super::restore::{corrupt_or, feed_dump};
 use super::{LogicalMeta, RestoreOptions};
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -152,7 +152,7 @@ async fn data_through_pg_restore(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
     let mut running = tools.spawn(Tool::PgRestore, data)?;
-    let (Some(mut stdin), Some(stdout)) = (
+    let (Some(stdin), Some(stdout)) = (
         running.child_mut().stdin.take(),
         running.child_mut().stdout.take(),
     ) else {
@@ -173,22 +173,7 @@ async fn data_through_pg_restore(
         let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(INPUT as i32));
     }
     let bytes = |n| emit(Event::Bytes(n));
-    let feed = async {
-        let fed = repo
-            .read_manifest_file_checked(
-                manifest,
-                &meta.dump_file,
-                &mut stdin,
-                Some(&bytes),
-                Check::Stored,
-            )
-            .await;
-        if fed.is_ok() {
-            let _ = stdin.shutdown().await;
-        }
-        drop(stdin);
-        fed
-    };
+    let feed = feed_dump(repo, manifest, meta, stdin, Some(&bytes), Check::Stored);
     let load = load_sql(stdout, staging, options, jobs);
     let (fed, loaded) = tokio::join!(feed, load);
     let size = match fed {
@@ -303,7 +288,7 @@ async fn feed_section(
     }
     let mut running = tools.spawn(Tool::PgRestore, command)?;
     let stdout = running.child_mut().stdout.take();
-    let Some(mut stdin) = running.child_mut().stdin.take() else {
+    let Some(stdin) = running.child_mut().stdin.take() else {
         running.kill().await;
         return Err(Error::ToolIo {
             tool: "pg_restore",
@@ -321,16 +306,7 @@ async fn feed_section(
         }
         Ok::<_, std::io::Error>(())
     };
-    let feed = async {
-        let fed = repo
-            .read_manifest_file(manifest, &meta.dump_file, &mut stdin, None)
-            .await;
-        if fed.is_ok() {
-            let _ = stdin.shutdown().await;
-        }
-        drop(stdin);
-        fed
-    };
+    let feed = feed_dump(repo, manifest, meta, stdin, None, Check::Full);
     let (fed, read) = tokio::join!(feed, read);
     let read = read.map_err(|e| Error::ToolIo {
         tool: "pg_restore",
@@ -835,16 +811,16 @@ fn parse_ident(text: &str) -> Option<(String, &str)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// Reads in pieces of the given sizes (cycled), to split lines and
-    /// end markers at every place.
-    struct Pieces {
-        data: Vec<u8>,
-        at: usize,
-        sizes: Vec<usize>,
-        next: usize,
+    /// Reads in pieces of the given sizes (cycled), to split lines, end
+    /// markers and archive fields at every place.
+    pub(in crate::logical) struct Pieces {
+        pub(in crate::logical) data: Vec<u8>,
+        pub(in crate::logical) at: usize,
+        pub(in crate::logical) sizes: Vec<usize>,
+        pub(in crate::logical) next: usize,
     }
 
     impl AsyncRead for Pieces {

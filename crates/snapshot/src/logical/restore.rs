@@ -541,7 +541,7 @@ async fn restore_dump_ordered(
     if options.jobs <= 1 {
         command.stdin(Stdio::piped());
         let mut running = tools.spawn(Tool::PgRestore, command)?;
-        let Some(mut stdin) = running.child_mut().stdin.take() else {
+        let Some(stdin) = running.child_mut().stdin.take() else {
             running.kill().await;
             return Err(Error::ToolIo {
                 tool: "pg_restore",
@@ -549,21 +549,11 @@ async fn restore_dump_ordered(
                 source: std::io::Error::other("stdin not captured"),
             });
         };
-        let fed = repo
-            .read_manifest_file_checked(
-                manifest,
-                &meta.dump_file,
-                &mut stdin,
-                Some(&bytes),
-                Check::Stored,
-            )
-            .await;
+        let fed = feed_dump(repo, manifest, meta, stdin, Some(&bytes), Check::Stored).await;
         match fed {
             Ok(info) => {
-                // Verified to the last byte: now pg_restore may see the end
-                // of its input, and its verdict counts.
-                let _ = stdin.shutdown().await;
-                drop(stdin);
+                // Verified to the last byte: now pg_restore has seen the
+                // end of its input, and its verdict counts.
                 running.finish(scrub).await?;
                 Ok(info.size)
             }
@@ -573,7 +563,6 @@ async fn restore_dump_ordered(
                 // pg_restore stopped reading. Either it choked on corrupt
                 // input (then the object's digest says so, naming it) or it
                 // failed for its own reasons (its stderr says which).
-                drop(stdin);
                 if let Err(tool_error) = running.finish(scrub).await {
                     return Err(corrupt_or(repo, manifest, meta, tool_error).await);
                 }
@@ -625,6 +614,31 @@ async fn restore_dump_ordered(
         running.finish(scrub).await?;
         Ok(info.size)
     }
+}
+
+/// Streams the snapshot's dump into `writer` (a pipe to `pg_restore` or to
+/// the archive reader), checked as `check` says, and closes it: shut down
+/// after the last byte when the read succeeded (the reader may then act on
+/// the end of its input), only dropped when it failed (the reader sees an
+/// early end, never a clean one).
+pub(super) async fn feed_dump<W>(
+    repo: &Repository,
+    manifest: &Manifest,
+    meta: &LogicalMeta,
+    mut writer: W,
+    progress: Option<warmspare_store::Progress<'_>>,
+    check: Check,
+) -> warmspare_store::Result<warmspare_store::ObjectInfo>
+where
+    W: tokio::io::AsyncWrite + Unpin + Send,
+{
+    let fed = repo
+        .read_manifest_file_checked(manifest, &meta.dump_file, &mut writer, progress, check)
+        .await;
+    if fed.is_ok() {
+        let _ = writer.shutdown().await;
+    }
+    fed
 }
 
 /// The error of a `pg_restore` that stopped reading its input and failed:
