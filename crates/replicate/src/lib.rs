@@ -149,7 +149,8 @@ pub use options::{
     parse_byte_rate,
 };
 pub use point::{
-    POINT_VERSION, RecoveryPoint, list_points, read_point, resolve_inventory, write_point,
+    POINT_VERSION, RecoveryPoint, list_points, read_point, read_point_checked, resolve_inventory,
+    write_point,
 };
 pub use prune::{
     BlobSweep, DEFAULT_BLOB_GRACE, InventoryPrune, MAX_LISTED_BLOBS, PointPrune, PruneEvent,

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use warmspare_store::{Error as StoreError, MissingMac, Repository, SnapshotId, layout};
+use warmspare_store::{
+    Authenticity, Error as StoreError, MissingMac, Repository, SnapshotId, layout,
+};
 
 use crate::error::{Error, Result};
 use crate::inventory::{list_ids, list_inventories};
@@ -89,6 +91,20 @@ pub async fn write_point(repo: &Repository, point: &RecoveryPoint) -> Result<()>
 /// * [`Error::Corrupt`] for a damaged record (not a point record, a digest
 ///   mismatch, another version, another id).
 pub async fn read_point(repo: &Repository, id: &SnapshotId) -> Result<RecoveryPoint> {
+    read_point_checked(repo, id).await.map(|(point, _)| point)
+}
+
+/// Like [`read_point`], returning how the record was authenticated:
+/// read without a key, a point that carries a MAC is
+/// [`Authenticity::Unchecked`], which a caller that lists it must say.
+///
+/// # Errors
+///
+/// As [`read_point`].
+pub async fn read_point_checked(
+    repo: &Repository,
+    id: &SnapshotId,
+) -> Result<(RecoveryPoint, Authenticity)> {
     let path = layout::point(id);
     let bytes = record::read(repo, &path)
         .await?
@@ -96,7 +112,7 @@ pub async fn read_point(repo: &Repository, id: &SnapshotId) -> Result<RecoveryPo
             what: "recovery point",
             id: id.to_string(),
         })?;
-    let (body, _) = repo
+    let (body, authenticity) = repo
         .open_record(KIND, &path, &bytes, MissingMac::Refuse)
         .map_err(|e| match e {
             StoreError::Corrupt { path, reason } => Error::Corrupt { path, reason },
@@ -117,7 +133,7 @@ pub async fn read_point(repo: &Repository, id: &SnapshotId) -> Result<RecoveryPo
             reason: format!("the record belongs to point {}", point.id),
         });
     }
-    Ok(point)
+    Ok((point, authenticity))
 }
 
 /// Ids of the recovery points, newest first.

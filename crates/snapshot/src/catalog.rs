@@ -7,7 +7,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::OffsetDateTime;
 use warmspare_store::object_store::{ObjectStoreExt, path::Path};
-use warmspare_store::{Manifest, Repository, SnapshotId, SnapshotKind, VerifyReport, layout};
+use warmspare_store::{
+    Authenticity, Manifest, MissingMac, Repository, SnapshotId, SnapshotKind, VerifyReport, layout,
+};
 
 use crate::error::{Error, Result};
 
@@ -85,6 +87,39 @@ pub enum SnapshotStatus {
     Unreadable(String),
 }
 
+/// Whether a record read from the repository (a manifest, a recovery
+/// point) was authenticated: serialized as `"verified"`, `"unchecked"` or
+/// `"no_mac"`.
+///
+/// With a key, a record is either verified or refused (never listed as
+/// complete), so only a reader *without* a key sees
+/// [`Authentication::Unchecked`]: the record carries a MAC, its digest was
+/// checked (it is intact) but whether a holder of the key wrote it is
+/// unknown, and a caller that lists it must say so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Authentication {
+    /// Its MAC verified under the configured key.
+    Verified,
+    /// It carries a MAC that was not checked: no key is configured.
+    Unchecked,
+    /// It carries no MAC (a repository without a key).
+    NoMac,
+}
+
+impl From<&Authenticity> for Authentication {
+    fn from(authenticity: &Authenticity) -> Self {
+        match authenticity {
+            Authenticity::Authenticated { .. } => Self::Verified,
+            Authenticity::NoMac => Self::NoMac,
+            // `Unchecked`, and whatever a later store version adds: not
+            // verified, so never reported as such.
+            _ => Self::Unchecked,
+        }
+    }
+}
+
 /// One line of `warmspare list`.
 #[derive(Debug, Clone, Serialize)]
 pub struct SnapshotSummary {
@@ -114,6 +149,12 @@ pub struct SnapshotSummary {
     pub database: Option<String>,
     /// The writer's lease epoch.
     pub epoch: Option<u64>,
+    /// Whether the manifest was authenticated, when it was read back from
+    /// the repository ([`list`]; `None` for a summary of a manifest just
+    /// written, and for incomplete or unreadable snapshots). Omitted from
+    /// the JSON when `None`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<Authentication>,
 }
 
 impl SnapshotSummary {
@@ -136,6 +177,16 @@ impl SnapshotSummary {
                 .and_then(|d| d.as_str())
                 .map(str::to_owned),
             epoch: manifest.epoch,
+            authentication: None,
+        }
+    }
+
+    /// The summary of a committed snapshot whose manifest was read back
+    /// with `authenticity`.
+    pub fn from_checked_manifest(manifest: &Manifest, authenticity: &Authenticity) -> Self {
+        Self {
+            authentication: Some(authenticity.into()),
+            ..Self::from_manifest(manifest)
         }
     }
 
@@ -152,6 +203,7 @@ impl SnapshotSummary {
             files: None,
             database: None,
             epoch: None,
+            authentication: None,
         }
     }
 }
@@ -167,12 +219,20 @@ fn seconds_opt<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok
 /// snapshots are included when `include_incomplete` is set. A manifest that
 /// cannot be read makes its line [`SnapshotStatus::Unreadable`], not the
 /// whole listing fail.
+///
+/// Each complete line says how its manifest was authenticated
+/// ([`SnapshotSummary::authentication`]): with a key a manifest that is not
+/// authenticated by it is unreadable, as for every other reader; without
+/// one a manifest carrying a MAC is listed as
+/// [`Authentication::Unchecked`] (see [`unchecked`]).
 pub async fn list(repo: &Repository, include_incomplete: bool) -> Result<Vec<SnapshotSummary>> {
     let committed = repo.list_snapshots().await?;
     let mut out: Vec<SnapshotSummary> = futures::stream::iter(committed)
         .map(|id| async move {
-            match repo.read_manifest(&id).await {
-                Ok(m) => Ok(SnapshotSummary::from_manifest(&m)),
+            match repo.read_manifest_checked(&id, MissingMac::Refuse).await {
+                Ok((m, authenticity)) => {
+                    Ok(SnapshotSummary::from_checked_manifest(&m, &authenticity))
+                }
                 // Pruned between the listing and the read.
                 Err(warmspare_store::Error::NotFound { .. }) => {
                     Ok(SnapshotSummary::bare(id, SnapshotStatus::Incomplete))
@@ -194,6 +254,15 @@ pub async fn list(repo: &Repository, include_incomplete: bool) -> Result<Vec<Sna
         out.sort_by(|a, b| b.id.cmp(&a.id));
     }
     Ok(out)
+}
+
+/// How many listed snapshots carry a MAC that was not checked (listed
+/// without a key): what a caller must tell the operator.
+pub fn unchecked<'a>(listed: impl IntoIterator<Item = &'a SnapshotSummary>) -> usize {
+    listed
+        .into_iter()
+        .filter(|s| s.authentication == Some(Authentication::Unchecked))
+        .count()
 }
 
 /// Re-reads every object of a snapshot and checks its digests
@@ -237,4 +306,146 @@ fn store_error(path: &Path, source: warmspare_store::object_store::Error) -> Err
         path: path.to_string(),
         source,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use warmspare_store::{EncryptionKey, Store, StoreConfig};
+
+    use super::*;
+
+    fn url(dir: &std::path::Path) -> String {
+        url::Url::from_directory_path(dir).unwrap().to_string()
+    }
+
+    async fn open(url: &str, key: Option<&EncryptionKey>) -> Repository {
+        let mut config = StoreConfig::new(url);
+        if let Some(key) = key {
+            config = config.with_encryption_key(key.clone());
+        }
+        Repository::open(Store::open(&config).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// A repository at `url` (written with `key`, if any) holding one
+    /// committed snapshot and one incomplete one.
+    async fn repository(url: &str, key: Option<&EncryptionKey>) -> (SnapshotId, SnapshotId) {
+        let mut config = StoreConfig::new(url);
+        if let Some(key) = key {
+            config = config.with_encryption_key(key.clone());
+        }
+        let now = OffsetDateTime::now_utc();
+        let repo = Repository::init(Store::open(&config).unwrap(), now)
+            .await
+            .unwrap();
+        let mut w = repo
+            .begin_snapshot(SnapshotKind::Logical, now)
+            .await
+            .unwrap();
+        w.put_file("dump", &b"rows"[..]).await.unwrap();
+        let committed = w.commit(serde_json::json!({}), None, now).await.unwrap();
+        let later = now + time::Duration::seconds(1);
+        let mut w = repo
+            .begin_snapshot(SnapshotKind::Logical, later)
+            .await
+            .unwrap();
+        w.put_file("dump", &b"more rows"[..]).await.unwrap();
+        (committed.id, w.id().clone())
+    }
+
+    fn complete(listed: &[SnapshotSummary], id: &SnapshotId) -> SnapshotSummary {
+        let line = listed
+            .iter()
+            .find(|s| s.id == *id)
+            .unwrap_or_else(|| panic!("{id} not listed: {listed:?}"))
+            .clone();
+        assert_eq!(line.status, SnapshotStatus::Complete, "{line:?}");
+        line
+    }
+
+    #[tokio::test]
+    async fn list_says_whether_manifests_were_authenticated() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url(dir.path());
+        let key = EncryptionKey::generate();
+        let (id, incomplete) = repository(&url, Some(&key)).await;
+
+        // With the key: verified.
+        let listed = list(&open(&url, Some(&key)).await, true).await.unwrap();
+        let line = complete(&listed, &id);
+        assert_eq!(line.authentication, Some(Authentication::Verified));
+        assert_eq!(unchecked(&listed), 0);
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["authentication"], "verified", "{json}");
+
+        // Without it: listed, but its MAC unchecked, and counted.
+        let listed = list(&open(&url, None).await, true).await.unwrap();
+        let line = complete(&listed, &id);
+        assert_eq!(line.authentication, Some(Authentication::Unchecked));
+        assert_eq!(unchecked(&listed), 1);
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["authentication"], "unchecked", "{json}");
+        // An incomplete snapshot has no manifest to authenticate.
+        let bare = listed.iter().find(|s| s.id == incomplete).unwrap();
+        assert_eq!(bare.status, SnapshotStatus::Incomplete);
+        assert_eq!(bare.authentication, None);
+        let json = serde_json::to_value(bare).unwrap();
+        assert!(json.get("authentication").is_none(), "{json}");
+
+        // Another key: the manifest is refused, not listed as complete.
+        let other = EncryptionKey::generate();
+        let listed = list(&open(&url, Some(&other)).await, false).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert!(
+            matches!(&listed[0].status, SnapshotStatus::Unreadable(r) if r.contains("not authenticated")),
+            "{listed:?}"
+        );
+        assert_eq!(listed[0].authentication, None);
+        assert_eq!(unchecked(&listed), 0);
+    }
+
+    #[tokio::test]
+    async fn list_without_macs_reports_none_and_refuses_them_with_a_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = url(dir.path());
+        let (id, _) = repository(&url, None).await;
+
+        let listed = list(&open(&url, None).await, false).await.unwrap();
+        let line = complete(&listed, &id);
+        assert_eq!(line.authentication, Some(Authentication::NoMac));
+        assert_eq!(unchecked(&listed), 0);
+        let json = serde_json::to_value(&line).unwrap();
+        assert_eq!(json["authentication"], "no_mac", "{json}");
+
+        // A reader with a key refuses a manifest without a MAC.
+        let key = EncryptionKey::generate();
+        let listed = list(&open(&url, Some(&key)).await, false).await.unwrap();
+        assert!(
+            matches!(&listed[0].status, SnapshotStatus::Unreadable(r) if r.contains("no MAC")),
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn authentication_from_authenticity() {
+        let authenticity = Authenticity::Unchecked {
+            key_id: "0123456789abcdef".into(),
+        };
+        assert_eq!(
+            Authentication::from(&authenticity),
+            Authentication::Unchecked
+        );
+        assert_eq!(
+            Authentication::from(&Authenticity::Authenticated {
+                key_id: "0123456789abcdef".into()
+            }),
+            Authentication::Verified
+        );
+        assert_eq!(
+            Authentication::from(&Authenticity::NoMac),
+            Authentication::NoMac
+        );
+    }
 }

@@ -5,15 +5,23 @@
 //! [...]}`: every recovery point (its snapshot, inventory, WAL position,
 //! times), every snapshot (physical ones with their start and stop LSN),
 //! and the ids of all artifact inventories.
+//!
+//! Each readable point and complete snapshot says how its record was
+//! authenticated (`"authentication"`: `verified`, `unchecked` or `no_mac`).
+//! Without the repository's key a record that carries a MAC is still
+//! listed (its digest checked) but marked `unchecked` (`(unchecked)` in the
+//! table), and one note on stderr counts them: whoever can write to the
+//! repository could have written them.
 
 use std::io::{self, Write as _};
 use std::process::ExitCode;
 
 use futures::StreamExt as _;
 use serde::Serialize;
-use warmspare_replicate::{RecoveryPoint, list_inventories, list_points, read_point};
+use warmspare_replicate::{RecoveryPoint, list_inventories, list_points, read_point_checked};
+use warmspare_snapshot::catalog::{self, Authentication};
 use warmspare_snapshot::physical::PhysicalMeta;
-use warmspare_snapshot::{SnapshotStatus, SnapshotSummary, catalog};
+use warmspare_snapshot::{SnapshotStatus, SnapshotSummary};
 use warmspare_store::{Repository, SnapshotKind};
 
 use crate::repo::{self, Open};
@@ -39,6 +47,9 @@ struct PointRow {
     status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     point: Option<RecoveryPoint>,
+    /// How the record was authenticated (readable points).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authentication: Option<Authentication>,
 }
 
 /// One snapshot as listed: the catalog's summary, plus the WAL range of a
@@ -143,6 +154,14 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("list: recovery point {}: {}", p.id, p.status);
         }
     }
+    let unchecked_points = points
+        .iter()
+        .filter(|p| p.authentication == Some(Authentication::Unchecked))
+        .count();
+    let unchecked_manifests = catalog::unchecked(snapshots.iter().map(|r| &r.summary));
+    if let Some(note) = unchecked_note(unchecked_manifests, unchecked_points) {
+        eprintln!("list: {note}");
+    }
     if args.points {
         eprintln!("list: {}", count(points.len(), "recovery point"));
         return Ok(ExitCode::from(EXIT_OK));
@@ -172,6 +191,29 @@ pub(crate) fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(EXIT_OK))
 }
 
+/// The one note for records listed without checking their MAC (no key is
+/// configured), `None` when there are none.
+fn unchecked_note(manifests: usize, points: usize) -> Option<String> {
+    let parts: Vec<String> = [(manifests, "manifest"), (points, "recovery point")]
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| count(n, what))
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    let verb = if manifests + points == 1 {
+        "carries"
+    } else {
+        "carry"
+    };
+    Some(format!(
+        "note: no encryption key configured: {} {verb} a MAC that was not checked \
+         (marked unchecked; set [repository] encryption_key_file to verify them)",
+        parts.join(" and ")
+    ))
+}
+
 fn count(n: usize, what: &str) -> String {
     match n {
         1 => format!("1 {what}"),
@@ -187,11 +229,12 @@ async fn points(repository: &Repository, secrets: &[String]) -> anyhow::Result<V
         .map_err(|e| super::sync::failure(&e, secrets))?;
     let mut rows = Vec::with_capacity(ids.len());
     for id in ids {
-        rows.push(match read_point(repository, &id).await {
-            Ok(point) => PointRow {
+        rows.push(match read_point_checked(repository, &id).await {
+            Ok((point, authenticity)) => PointRow {
                 id: id.to_string(),
                 status: "complete".into(),
                 point: Some(point),
+                authentication: Some((&authenticity).into()),
             },
             Err(e) => PointRow {
                 id: id.to_string(),
@@ -200,6 +243,7 @@ async fn points(repository: &Repository, secrets: &[String]) -> anyhow::Result<V
                     output::scrub(&output::one_line(&e), secrets)
                 ),
                 point: None,
+                authentication: None,
             },
         });
     }
@@ -222,8 +266,12 @@ fn point_row(p: &PointRow) -> [String; 6] {
         .try_into()
         .map(output::duration)
         .unwrap_or_else(|_| dash());
+    let id = match p.authentication {
+        Some(Authentication::Unchecked) => format!("{} (unchecked)", p.id),
+        _ => p.id.clone(),
+    };
     [
-        p.id.clone(),
+        id,
         output::time(point.started),
         took,
         point
@@ -269,6 +317,9 @@ fn row(r: &SnapshotRow) -> [String; 9] {
     let s = &r.summary;
     let dash = || "-".to_owned();
     let status = match &s.status {
+        SnapshotStatus::Complete if s.authentication == Some(Authentication::Unchecked) => {
+            "complete (unchecked)".to_owned()
+        }
         SnapshotStatus::Complete => "complete".to_owned(),
         SnapshotStatus::Incomplete => "incomplete".to_owned(),
         SnapshotStatus::Unreadable(_) => "UNREADABLE".to_owned(),

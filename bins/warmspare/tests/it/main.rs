@@ -9,6 +9,7 @@ mod demo;
 mod drill;
 mod encrypted_db;
 mod init;
+mod list_auth;
 mod parallel_load;
 mod physical;
 mod snapshots;
