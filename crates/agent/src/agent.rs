@@ -21,8 +21,9 @@ use crate::{Error, Result};
 
 pub use crate::config::DEFAULT_JOB_TIMEOUT;
 /// Default time a cancelled run (timeout, shutdown) has to stop by itself
-/// before it is dropped.
-pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(30);
+/// before it is dropped: the default of `[agent] shutdown_grace`
+/// ([`DEFAULT_SHUTDOWN_GRACE`](crate::config::DEFAULT_SHUTDOWN_GRACE)).
+pub const DEFAULT_CANCEL_GRACE: Duration = crate::config::DEFAULT_SHUTDOWN_GRACE;
 
 /// What the embedder decides beyond the configuration file: the site
 /// override, the token, the job implementations, timeouts and the clock.
@@ -46,7 +47,7 @@ pub struct AgentOptions {
     jobs: Vec<Arc<dyn Job>>,
     job_timeout: Option<Duration>,
     job_timeouts: BTreeMap<String, Duration>,
-    cancel_grace: Duration,
+    cancel_grace: Option<Duration>,
     clock: Arc<dyn Clock>,
     failover: bool,
     initial_holder: Option<String>,
@@ -63,7 +64,7 @@ impl Default for AgentOptions {
             jobs: Vec::new(),
             job_timeout: None,
             job_timeouts: BTreeMap::new(),
-            cancel_grace: DEFAULT_CANCEL_GRACE,
+            cancel_grace: None,
             clock: Arc::new(SystemClock),
             failover: true,
             initial_holder: None,
@@ -96,8 +97,9 @@ impl fmt::Debug for AgentOptions {
 
 impl AgentOptions {
     /// Defaults: the config's site and listener, no token (mutating
-    /// endpoints refused), no jobs, the config's job timeouts (`[jobs]`),
-    /// [`DEFAULT_CANCEL_GRACE`], the system clock.
+    /// endpoints refused), no jobs, the config's job timeouts (`[jobs]`)
+    /// and cancel grace (`[agent] shutdown_grace`, by default
+    /// [`DEFAULT_CANCEL_GRACE`]), the system clock.
     pub fn new() -> Self {
         AgentOptions::default()
     }
@@ -146,9 +148,10 @@ impl AgentOptions {
     }
 
     /// Time a cancelled run has to stop by itself before it is dropped,
-    /// and the HTTP server to finish requests at shutdown.
+    /// and the HTTP server to finish requests at shutdown, overriding the
+    /// configuration's `[agent] shutdown_grace`.
     pub fn cancel_grace(mut self, grace: Duration) -> Self {
-        self.cancel_grace = grace;
+        self.cancel_grace = Some(grace);
         self
     }
 
@@ -338,7 +341,7 @@ impl Agent {
         Ok(Agent {
             shared: Arc::new(shared),
             listen: options.listen.unwrap_or(config.agent.listen),
-            cancel_grace: options.cancel_grace,
+            cancel_grace: options.cancel_grace.unwrap_or(config.agent.shutdown_grace),
             plan: plan.ok(),
         })
     }
@@ -346,6 +349,13 @@ impl Agent {
     /// The site this agent runs as.
     pub fn site(&self) -> &str {
         &self.shared.site
+    }
+
+    /// How long running jobs get to stop at shutdown (and after their
+    /// time limit) before they are dropped: [`AgentOptions::cancel_grace`]
+    /// if given, else `[agent] shutdown_grace`.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.cancel_grace
     }
 
     /// The jobs the configuration schedules but no implementation was
@@ -585,6 +595,32 @@ mod tests {
                 ("verify", min(1)),
             ]
         );
+    }
+
+    #[test]
+    fn the_shutdown_grace_comes_from_the_options_the_file_or_the_default() {
+        let agent = Agent::new(config(Some("spare")), AgentOptions::new()).unwrap();
+        assert_eq!(agent.shutdown_grace(), DEFAULT_CANCEL_GRACE);
+        assert_eq!(DEFAULT_CANCEL_GRACE, Duration::from_secs(30));
+        let mut file = config(Some("spare"));
+        file.agent.shutdown_grace = Duration::from_secs(90);
+        let agent = Agent::new(file.clone(), AgentOptions::new()).unwrap();
+        assert_eq!(agent.shutdown_grace(), Duration::from_secs(90));
+        let agent = Agent::new(
+            file,
+            AgentOptions::new().cancel_grace(Duration::from_secs(5)),
+        )
+        .unwrap();
+        assert_eq!(
+            agent.shutdown_grace(),
+            Duration::from_secs(5),
+            "the embedder's option wins"
+        );
+        // A configuration built in code is validated too.
+        let mut zero = config(Some("spare"));
+        zero.agent.shutdown_grace = Duration::ZERO;
+        let err = refused(zero, AgentOptions::new());
+        assert!(err.contains("agent.shutdown_grace"), "{err}");
     }
 
     #[test]

@@ -119,8 +119,9 @@
 //!
 //! When the `shutdown` future completes, the agent stops scheduling and
 //! accepting connections, asks running jobs to cancel
-//! ([`JobContext::cancelled`]), waits up to the cancel grace period
-//! ([`AgentOptions::cancel_grace`]) and drops the runs that did not stop;
+//! ([`JobContext::cancelled`]), waits up to the grace period
+//! (`[agent] shutdown_grace`, 30 s by default, or
+//! [`AgentOptions::cancel_grace`]) and drops the runs that did not stop;
 //! then [`Agent::run`] returns.
 //!
 //! # What is wired, and what is not yet

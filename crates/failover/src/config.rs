@@ -97,6 +97,19 @@ pub struct FailoverConfig {
     /// killed and counts as failed.
     #[serde(with = "humantime_serde")]
     pub hook_timeout: Duration,
+    /// How many times the watchdog restarts the local service (the
+    /// `on_restart` hooks) in one unhealthy spell before a holder hands
+    /// the lease over; 0: never restart, hand over at once.
+    pub restart_attempts: u32,
+    /// How long the service has after each restart (counted from the end
+    /// of the restart) to become healthy again before the next attempt or,
+    /// after the last one, the handover. Unset: five probe `interval`s
+    /// (see [`FailoverConfig::effective_restart_grace`]).
+    #[serde(
+        with = "humantime_serde::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_grace: Option<Duration>,
 }
 
 impl Default for FailoverConfig {
@@ -115,9 +128,19 @@ impl Default for FailoverConfig {
             on_restart: Vec::new(),
             switchover_timeout: crate::policy::SWITCHOVER_TIMEOUT,
             hook_timeout: Duration::from_secs(30),
+            restart_attempts: DEFAULT_RESTART_ATTEMPTS,
+            restart_grace: None,
         }
     }
 }
+
+/// The watchdog's restarts per unhealthy spell when `restart_attempts` is
+/// not set.
+pub const DEFAULT_RESTART_ATTEMPTS: u32 = 1;
+
+/// The watchdog's grace, in probe intervals, when `restart_grace` is not
+/// set.
+pub const DEFAULT_RESTART_GRACE_INTERVALS: u32 = 5;
 
 /// A failover setting that cannot work, with the key it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -130,6 +153,14 @@ pub struct InvalidFailoverConfig {
 }
 
 impl FailoverConfig {
+    /// The watchdog's grace after each restart: `restart_grace`, or
+    /// [`DEFAULT_RESTART_GRACE_INTERVALS`] probe intervals when it is
+    /// unset.
+    pub fn effective_restart_grace(&self) -> Duration {
+        self.restart_grace
+            .unwrap_or(self.interval * DEFAULT_RESTART_GRACE_INTERVALS)
+    }
+
     /// Checks the relations between the settings that deserialization cannot
     /// check on its own (non-zero thresholds, a lease that outlives a probe
     /// interval).
@@ -164,6 +195,29 @@ impl FailoverConfig {
         if self.hook_timeout.is_zero() {
             return invalid("hook_timeout", "must be greater than zero");
         }
+        if let (Some(grace), 1..) = (self.restart_grace, self.restart_attempts) {
+            if grace.is_zero() {
+                return invalid(
+                    "restart_grace",
+                    "must be greater than zero while `restart_attempts` is above 0",
+                );
+            }
+            // A restarted service needs `healthy_threshold` good probes to
+            // count as healthy again; a shorter grace restarts (or hands
+            // over) a service that has already recovered. (Only checked
+            // when set: the default of five intervals predates the key.)
+            let needed = self.interval.saturating_mul(self.healthy_threshold);
+            if grace < needed {
+                return Err(InvalidFailoverConfig {
+                    key: "restart_grace",
+                    message: format!(
+                        "must be at least `healthy_threshold` x `interval` ({}), the time a \
+                         restarted service needs to be seen healthy again",
+                        humantime::format_duration(needed)
+                    ),
+                });
+            }
+        }
         for (key, hooks) in [
             ("on_promote", &self.on_promote),
             ("on_fence", &self.on_fence),
@@ -182,6 +236,29 @@ pub(crate) mod humantime_serde {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer, de};
+
+    /// The same for an optional duration (a missing key is `None`).
+    pub(crate) mod option {
+        use std::time::Duration;
+
+        use serde::{Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            d: &Option<Duration>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
 
     pub(crate) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*d))
@@ -221,6 +298,8 @@ mod tests {
         assert_eq!(c.switchover_timeout, Duration::from_secs(60));
         assert_eq!(c.hook_timeout, Duration::from_secs(30));
         assert!(c.on_restart.is_empty());
+        assert_eq!((c.restart_attempts, c.restart_grace), (1, None));
+        assert_eq!(c.effective_restart_grace(), Duration::from_secs(5));
         c.validate().unwrap();
     }
 
@@ -242,6 +321,8 @@ mod tests {
             on_restart = ["systemctl restart postgresql"]
             switchover_timeout = "2m"
             hook_timeout = "5m"
+            restart_attempts = 3
+            restart_grace = "20s"
             "#,
         )
         .unwrap();
@@ -254,6 +335,9 @@ mod tests {
         assert_eq!(c.on_restart, ["systemctl restart postgresql"]);
         assert_eq!(c.switchover_timeout, Duration::from_secs(120));
         assert_eq!(c.hook_timeout, Duration::from_secs(300));
+        assert_eq!(c.restart_attempts, 3);
+        assert_eq!(c.restart_grace, Some(Duration::from_secs(20)));
+        assert_eq!(c.effective_restart_grace(), Duration::from_secs(20));
         assert_eq!(
             crate::actions::Hooks::from_config("primary", &c).timeout,
             Duration::from_secs(300),
@@ -318,13 +402,96 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().key, "hook_timeout");
     }
 
+    /// Without `restart_grace` the grace follows `interval`; the policy
+    /// gets both keys, while its trust in the peer's reports keeps five
+    /// intervals whatever the grace.
+    #[test]
+    fn restart_keys_reach_the_policy() {
+        let doc: Doc =
+            toml::from_str("[failover]\ninterval = \"2s\"\nlease_ttl = \"12s\"\n").unwrap();
+        let c = doc.failover;
+        assert_eq!(c.effective_restart_grace(), Duration::from_secs(10));
+        let p = crate::policy::PolicyConfig::from_failover(&c);
+        assert_eq!(p.watchdog_restarts, 1);
+        assert_eq!(p.watchdog_grace, Duration::from_secs(10));
+
+        let doc: Doc =
+            toml::from_str("[failover]\nrestart_attempts = 4\nrestart_grace = \"1m\"\n").unwrap();
+        let p = crate::policy::PolicyConfig::from_failover(&doc.failover);
+        p.validate().unwrap();
+        assert_eq!(p.watchdog_restarts, 4);
+        assert_eq!(p.watchdog_grace, Duration::from_secs(60));
+        assert_eq!(p.peer_report_max_age, Duration::from_secs(5));
+
+        let doc: Doc = toml::from_str("[failover]\nrestart_attempts = 0\n").unwrap();
+        doc.failover.validate().unwrap();
+        let p = crate::policy::PolicyConfig::from_failover(&doc.failover);
+        assert_eq!(p.watchdog_restarts, 0);
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn restart_keys_are_validated() {
+        let c = FailoverConfig {
+            restart_grace: Some(Duration::ZERO),
+            ..FailoverConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, "restart_grace");
+        assert!(err.message.contains("greater than zero"), "{err}");
+        // Without restarts the grace is never used.
+        let c = FailoverConfig {
+            restart_attempts: 0,
+            restart_grace: Some(Duration::ZERO),
+            ..FailoverConfig::default()
+        };
+        c.validate().unwrap();
+        // Shorter than the good probes a recovered service needs.
+        let c = FailoverConfig {
+            restart_attempts: 2,
+            restart_grace: Some(Duration::from_millis(1_500)),
+            ..FailoverConfig::default()
+        };
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.key, "restart_grace");
+        assert!(err.message.contains("healthy_threshold"), "{err}");
+        let c = FailoverConfig {
+            restart_grace: Some(Duration::from_secs(2)),
+            ..FailoverConfig::default()
+        };
+        c.validate().unwrap();
+        // The default grace (five intervals) is never refused, whatever
+        // `healthy_threshold` says: files that loaded before still load.
+        let c = FailoverConfig {
+            healthy_threshold: 8,
+            ..FailoverConfig::default()
+        };
+        c.validate().unwrap();
+        // Wrong types are located errors naming the key.
+        let err = toml::from_str::<Doc>("[failover]\nrestart_attempts = -1\n").unwrap_err();
+        assert!(err.span().is_some(), "{err}");
+        let err = toml::from_str::<Doc>("[failover]\nrestart_grace = \"soon\"\n").unwrap_err();
+        assert!(err.message().contains("invalid duration"), "{err}");
+        let err = toml::from_str::<Doc>("[failover]\nrestart_attempt = 2\n").unwrap_err();
+        assert!(err.message().contains("restart_attempt"), "{err}");
+    }
+
     #[test]
     fn serializes_in_humantime_form() {
         let text = toml::to_string(&FailoverConfig::default()).unwrap();
         assert!(text.contains("lease_ttl = \"6s\""), "{text}");
         assert!(text.contains("cooldown = \"30m\""), "{text}");
         assert!(text.contains("switchover_timeout = \"1m\""), "{text}");
+        assert!(text.contains("restart_attempts = 1"), "{text}");
+        assert!(!text.contains("restart_grace"), "unset: left out\n{text}");
         let back: FailoverConfig = toml::from_str(&text).unwrap();
         assert_eq!(back, FailoverConfig::default());
+        let set = FailoverConfig {
+            restart_grace: Some(Duration::from_secs(90)),
+            ..FailoverConfig::default()
+        };
+        let text = toml::to_string(&set).unwrap();
+        assert!(text.contains("restart_grace = \"1m 30s\""), "{text}");
+        assert_eq!(toml::from_str::<FailoverConfig>(&text).unwrap(), set);
     }
 }

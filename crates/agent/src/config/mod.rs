@@ -256,6 +256,9 @@ pub struct SiteConfig {
     pub mode: SiteMode,
 }
 
+/// The default of `[agent] shutdown_grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// The `[agent]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -264,6 +267,13 @@ pub struct AgentConfig {
     pub listen: SocketAddr,
     /// File holding the bearer token that mutating endpoints require.
     pub token_file: Option<PathBuf>,
+    /// How long running jobs get to stop once asked to (at shutdown, and
+    /// after a run's time limit) before they are dropped; also how long
+    /// the HTTP server finishes requests at shutdown.
+    /// [`AgentOptions::cancel_grace`](crate::AgentOptions::cancel_grace)
+    /// overrides it.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
 impl Default for AgentConfig {
@@ -271,6 +281,7 @@ impl Default for AgentConfig {
         AgentConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 9750)),
             token_file: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -501,6 +512,12 @@ impl Config {
         {
             return invalid("reconcile.query", "is empty; remove it or write the query");
         }
+        if self.agent.shutdown_grace.is_zero() {
+            return invalid(
+                "agent.shutdown_grace",
+                "must be greater than zero, or running jobs are dropped without a chance to stop",
+            );
+        }
         self.jobs.check()?;
         self.failover
             .validate()
@@ -709,6 +726,26 @@ fn check_store(
         }
     }
     Ok(())
+}
+
+/// `#[serde(with = ...)]` for humantime durations.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(text.trim()).map_err(|e| {
+            de::Error::custom(format_args!(
+                "invalid duration {text:?}: {e} (write it like \"10s\" or \"2m\")"
+            ))
+        })
+    }
 }
 
 /// `#[serde(with = ...)]` for optional humantime durations.

@@ -291,6 +291,62 @@ fn bad_job_settings_name_the_key() {
 }
 
 #[test]
+fn agent_shutdown_grace_parses_with_a_default_and_is_checked() {
+    assert_eq!(load(MINIMAL).agent.shutdown_grace, Duration::from_secs(30));
+    assert_eq!(DEFAULT_SHUTDOWN_GRACE, Duration::from_secs(30));
+    let c = load(&format!("{MINIMAL}[agent]\nshutdown_grace = \"2m 30s\"\n"));
+    assert_eq!(c.agent.shutdown_grace, Duration::from_secs(150));
+    // Written back, read again: the same.
+    let text = toml::to_string(&c).unwrap();
+    assert!(text.contains("shutdown_grace = \"2m 30s\""), "{text}");
+    assert_eq!(load(&text), c);
+
+    let e = config_error(&format!("{MINIMAL}[agent]\nshutdown_grace = \"0s\"\n"));
+    assert_eq!(e.key.as_deref(), Some("agent.shutdown_grace"), "{e}");
+    assert!(e.message.contains("greater than zero"), "{e}");
+    let e = config_error(&format!("{MINIMAL}[agent]\nshutdown_grace = \"a while\"\n"));
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(4), Some("agent.shutdown_grace")),
+        "{e}"
+    );
+    assert!(e.message.contains("invalid duration"), "{e}");
+    let e = config_error(&format!("{MINIMAL}[agent]\nshutdown_grace = 30\n"));
+    assert_eq!(e.key.as_deref(), Some("agent.shutdown_grace"), "{e}");
+}
+
+/// The watchdog's keys of `[failover]` load through the whole file, with
+/// their errors placed on the key; files without them load as before.
+#[test]
+fn failover_restart_keys_parse_and_are_checked() {
+    let c = load(MINIMAL);
+    assert_eq!(c.failover.restart_attempts, 1);
+    assert_eq!(c.failover.restart_grace, None);
+    let c = load(&format!(
+        "{MINIMAL}[failover]\nrestart_attempts = 3\nrestart_grace = \"20s\"\n"
+    ));
+    assert_eq!(c.failover.restart_attempts, 3);
+    assert_eq!(c.failover.restart_grace, Some(Duration::from_secs(20)));
+    let c = load(&format!("{MINIMAL}[failover]\nrestart_attempts = 0\n"));
+    assert_eq!(c.failover.restart_attempts, 0);
+
+    let e = config_error(&format!(
+        "{MINIMAL}[failover]\nrestart_attempts = 2\nrestart_grace = \"0s\"\n"
+    ));
+    assert_eq!(
+        (e.line, e.key.as_deref()),
+        (Some(5), Some("failover.restart_grace")),
+        "{e}"
+    );
+    assert!(e.message.contains("greater than zero"), "{e}");
+    let e = config_error(&format!("{MINIMAL}[failover]\nrestart_grace = \"500ms\"\n"));
+    assert_eq!(e.key.as_deref(), Some("failover.restart_grace"), "{e}");
+    assert!(e.message.contains("healthy_threshold"), "{e}");
+    let e = config_error(&format!("{MINIMAL}[failover]\nrestart_attempts = -1\n"));
+    assert_eq!(e.key.as_deref(), Some("failover.restart_attempts"), "{e}");
+}
+
+#[test]
 fn missing_repository_is_an_error() {
     let e = config_error("site = \"a\"\n");
     assert!(e.message.contains("missing field `repository`"), "{e}");

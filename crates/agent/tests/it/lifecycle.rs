@@ -125,3 +125,40 @@ async fn shutdown_drops_a_job_that_ignores_cancellation_after_the_grace_period()
         .await;
     agent.shut_down().await;
 }
+
+/// `[agent] shutdown_grace` from the file bounds the wait for a job that
+/// ignores cancellation (the default, 30 s, would outlast `shut_down`'s
+/// 20 s limit), and an embedder's `cancel_grace` overrides the file.
+#[tokio::test]
+async fn the_files_shutdown_grace_bounds_the_wait_unless_the_embedder_overrides_it() {
+    let stubborn = || {
+        Arc::new(FnJob::new("backup", |_ctx| async {
+            std::future::pending::<()>().await;
+            Ok(warmspare_agent::JobOutcome::done())
+        }))
+    };
+    let schedule = |grace: &str| {
+        config(&format!(
+            "backup = \"every 1s\"\n[agent]\nshutdown_grace = \"{grace}\""
+        ))
+    };
+    let file = schedule("200ms");
+    assert_eq!(file.agent.shutdown_grace, Duration::from_millis(200));
+    let mut agent = TestAgent::start(file, options().job(stubborn())).await;
+    agent
+        .wait_job("backup", "a run in progress", |j| j["state"] == "running")
+        .await;
+    agent.shut_down().await;
+
+    let mut agent = TestAgent::start(
+        schedule("1h"),
+        options()
+            .job(stubborn())
+            .cancel_grace(Duration::from_millis(200)),
+    )
+    .await;
+    agent
+        .wait_job("backup", "a run in progress", |j| j["state"] == "running")
+        .await;
+    agent.shut_down().await;
+}

@@ -364,7 +364,7 @@ impl Policy {
     /// lease now: a release the peer would refuse leaves no site active.
     /// `None` when the peer would take it: mode `automatic`, the peer
     /// healthy, no cooldown, and a report of the peer's data loss within
-    /// `max_data_loss` no older than `watchdog_grace`, with no newer
+    /// `max_data_loss` no older than `peer_report_max_age`, with no newer
     /// report that it would not take over.
     pub(super) fn release_withheld(&self, now: Millis) -> Option<String> {
         let peer = &self.id.peer;
@@ -386,7 +386,7 @@ impl Policy {
                 "{peer} would refuse it: the cooldown after the previous handover runs"
             ));
         }
-        let fresh = |at: Millis| now.saturating_since(at) <= self.cfg.watchdog_grace;
+        let fresh = |at: Millis| now.saturating_since(at) <= self.cfg.peer_report_max_age;
         let refused = self.peer_refused.filter(|&t| fresh(t));
         let report = self.peer_lag.filter(|&(_, at)| fresh(at));
         match (refused, report) {

@@ -205,15 +205,19 @@ pub struct PolicyConfig {
     /// No automatic takeover within this time after a handover this process
     /// performed or observed.
     pub cooldown: Duration,
-    /// Restart attempts (`RestartLocal`) on local failure before a holder
-    /// releases the lease.
+    /// Restart attempts (`RestartLocal`) in one unhealthy spell of the
+    /// local service before a holder releases the lease (`[failover]
+    /// restart_attempts`); 0: release without restarting.
     pub watchdog_restarts: u32,
     /// How long a restarted local service has to become healthy again,
-    /// counted from the end of the restart ([`Event::RestartResult`]).
-    /// Also how recent a report of the peer's data loss
-    /// ([`Event::PeerLag`]) must be for the watchdog to release the lease
-    /// to it.
+    /// counted from the end of each restart ([`Event::RestartResult`]),
+    /// before the next attempt or, after the last, the release
+    /// (`[failover] restart_grace`).
     pub watchdog_grace: Duration,
+    /// How recent a report of the peer's data loss ([`Event::PeerLag`],
+    /// or that it would not take over) must be for the watchdog to rely
+    /// on it when it releases the lease.
+    pub peer_report_max_age: Duration,
     /// Bound on the rate difference between any site's monotonic clock and
     /// true time, in parts per million (10 000 = 1 %).
     pub max_clock_drift_ppm: u32,
@@ -238,9 +242,11 @@ impl PolicyConfig {
     /// `ttl / 6`, renewal every `ttl / 3`, lease reads every probe
     /// `interval`, lease requests timed out after five sixths of the slack
     /// `ttl - margin - renew_interval` (2.5 s for a 6 s lease: a renewal
-    /// stalled that long still lands before the holder's deadline), one
-    /// watchdog restart with a grace of five probe intervals, clock drift
-    /// bound 1 %; the switchover timeout is the section's
+    /// stalled that long still lands before the holder's deadline), peer
+    /// reports trusted for five probe intervals, clock drift bound 1 %;
+    /// the watchdog's restarts and grace are the section's
+    /// `restart_attempts` and `restart_grace` (one restart and five probe
+    /// intervals by default), the switchover timeout its
     /// `switchover_timeout` ([`SWITCHOVER_TIMEOUT`] by default).
     pub fn from_failover(c: &FailoverConfig) -> Self {
         let ttl = c.lease_ttl;
@@ -255,8 +261,9 @@ impl PolicyConfig {
             healthy_threshold: c.healthy_threshold,
             max_data_loss: c.max_data_loss,
             cooldown: c.cooldown,
-            watchdog_restarts: 1,
-            watchdog_grace: c.interval * 5,
+            watchdog_restarts: c.restart_attempts,
+            watchdog_grace: c.effective_restart_grace(),
+            peer_report_max_age: c.interval * crate::config::DEFAULT_RESTART_GRACE_INTERVALS,
             max_clock_drift_ppm: 10_000,
             switchover_timeout: c.switchover_timeout,
         }
@@ -315,6 +322,15 @@ impl PolicyConfig {
         }
         if self.switchover_timeout.is_zero() {
             return invalid("switchover_timeout", "must be greater than zero".into());
+        }
+        if self.watchdog_restarts > 0 && self.watchdog_grace.is_zero() {
+            return invalid(
+                "restart_grace",
+                "must be greater than zero while `restart_attempts` is above 0".into(),
+            );
+        }
+        if self.peer_report_max_age.is_zero() {
+            return invalid("peer_report_max_age", "must be greater than zero".into());
         }
         Ok(())
     }

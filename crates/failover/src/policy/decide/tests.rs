@@ -7,17 +7,19 @@ use proptest::prelude::*;
 use super::super::{Command, Event, PolicyConfig, SiteIdentity, Target, WriteOutcome};
 use super::*;
 
+mod watchdog;
+
 fn policy(initial: bool) -> Policy {
+    policy_with(initial, PolicyConfig::default())
+}
+
+fn policy_with(initial: bool, cfg: PolicyConfig) -> Policy {
     let (site, peer) = if initial {
         ("primary", "spare")
     } else {
         ("spare", "primary")
     };
-    Policy::new(
-        PolicyConfig::default(),
-        SiteIdentity::new(site, peer, initial, 7),
-    )
-    .expect("valid config")
+    Policy::new(cfg, SiteIdentity::new(site, peer, initial, 7)).expect("valid config")
 }
 
 fn healthy(p: &mut Policy, t: u64) {
@@ -410,8 +412,13 @@ struct Holder {
 impl Holder {
     /// Created the lease at 100 and promoted; peer healthy.
     fn new() -> Self {
+        Holder::with_config(PolicyConfig::default())
+    }
+
+    /// The same with `cfg`.
+    fn with_config(cfg: PolicyConfig) -> Self {
         let mut h = Holder {
-            p: policy(true),
+            p: policy_with(true, cfg),
             version: 0,
         };
         h.p.start(Millis(0));
