@@ -114,7 +114,8 @@ async fn bad_input_is_refused_with_clear_errors() {
         "{e}"
     );
 
-    // A pg_dump older than the server: refused before anything is written.
+    // A pg_dump older than the server: refused before anything is written
+    // (this fake prints a 9.6-style version; old_pg_dump.rs runs a real 13).
     let old = tempfile::tempdir().unwrap();
     fake_tool(
         old.path(),

@@ -11,6 +11,7 @@ mod direct;
 mod encoding;
 mod fixtures;
 mod logical;
+mod old_pg_dump;
 mod privileges;
 mod prune;
 mod roundtrip;
