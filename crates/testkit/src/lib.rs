@@ -56,6 +56,8 @@
 //! | `WARMSPARE_GARAGE` | the `garage` executable (else `PATH`) |
 //! | `WARMSPARE_S3_ENDPOINT` | a running moto that [`S3Server::shared`] uses instead of starting one |
 //! | `WARMSPARE_REQUIRE_S3` | fail instead of skipping when no S3 server is installed |
+//! | `WARMSPARE_OLD_PG_BIN` | a PostgreSQL 13 client bin directory for the older-`pg_dump` test (else `<workspace>/target/pg13/usr/lib/postgresql/13/bin`, which `scripts/install-deps` fills) |
+//! | `WARMSPARE_REQUIRE_OLD_PG` | fail instead of skipping when that older `pg_dump` is missing (set by `scripts/test` with `CI=true`) |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
