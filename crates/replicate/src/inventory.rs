@@ -9,6 +9,13 @@
 //! digests in a seal that also names its path. Inventories written before
 //! (plain zstd frames) are still read.
 //!
+//! With a key, an inventory that is not encrypted (sealed without a key, or
+//! of an earlier build) is refused, naming it
+//! (`warmspare_store::Error::Unencrypted`): nothing authenticates it, and
+//! it names the blobs a restore writes and a backup takes as unchanged.
+//! A repository that holds inventories from before encryption was turned
+//! on reads them with `StoreConfig::allow_unencrypted`.
+//!
 //! Blobs are named by the SHA-256 of their content, which every read
 //! checks (see `blob.rs` for how they are stored).
 
@@ -137,10 +144,13 @@ impl Inventory {
 
 /// The codec inventories are written with: always zstd (JSON compresses
 /// well, whatever the repository's setting for data objects), encrypted
-/// as the repository's data objects are.
+/// as the repository's data objects are, and reading unencrypted ones only
+/// when the repository allows them.
 fn codec(repo: &Repository) -> Codec {
     let data = repo.store().codec();
-    Codec::new(Compression::Zstd).with_encryption(data.encryption().clone())
+    Codec::new(Compression::Zstd)
+        .with_encryption(data.encryption().clone())
+        .with_allow_unencrypted(data.allows_unencrypted())
 }
 
 /// Writes `inventory` to `inventories/<id>.json.zst`, create-if-absent,
@@ -171,22 +181,27 @@ pub async fn write_inventory(repo: &Repository, inventory: &Inventory) -> Result
 /// Reads and checks inventory `id`. An encrypted inventory needs the
 /// repository's key: without it, or with another, the error says so
 /// (`warmspare_store::Error::KeyMissing`, `WrongKey`) and names the
-/// object.
+/// object. With a key, an unencrypted inventory is
+/// `warmspare_store::Error::Unencrypted` unless the repository allows them
+/// (see the module docs).
 pub async fn read_inventory(repo: &Repository, id: &SnapshotId) -> Result<Inventory> {
     let path = layout::inventory(id);
     let not_found = || Error::NotFound {
         what: "inventory",
         id: id.to_string(),
     };
+    let codec = codec(repo);
     let mut json = Vec::new();
-    match codec(repo)
+    match codec
         .get_sealed(repo.store().object_store(), &path, &mut json)
         .await
     {
         Ok(_) => {}
         Err(warmspare_store::Error::NotFound { .. }) => return Err(not_found()),
-        // Not sealed: an inventory of an earlier build (a plain zstd frame).
+        // Not sealed: an inventory of an earlier build (a plain zstd frame),
+        // which is never encrypted.
         Err(warmspare_store::Error::Corrupt { .. }) if is_legacy(repo, &path).await? => {
+            codec.check_unencrypted(path.as_ref())?;
             json = read_legacy(repo, &path).await?.ok_or_else(not_found)?;
         }
         Err(e) => return Err(e.into()),
@@ -387,6 +402,82 @@ mod tests {
                 .starts_with("wrong key: object inventories/"),
             "{err}"
         );
+    }
+
+    /// Inventories that are not encrypted (planted by someone who can write
+    /// to the bucket, or written before encryption was turned on), sealed
+    /// or of an earlier build: refused with a key, naming the object, and
+    /// read with `allow_unencrypted`.
+    #[tokio::test]
+    async fn unencrypted_inventories_need_the_opt_in() {
+        use async_compression::Level;
+        use async_compression::tokio::bufread::ZstdEncoder;
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig::new(format!("file://{}", dir.path().display()));
+        let now = datetime!(2026-11-22 10:15:00 UTC);
+        let plain = Repository::init(Store::open(&config).unwrap(), now)
+            .await
+            .unwrap();
+        let sealed = sample(now);
+        write_inventory(&plain, &sealed).await.unwrap();
+        let mut legacy = sample(now);
+        legacy.id = SnapshotId::with_suffix(now, 11);
+        let legacy_path = layout::inventory(&legacy.id);
+        let json = record::encode(KIND, &legacy_path, &legacy).unwrap();
+        let mut compressed = Vec::new();
+        ZstdEncoder::with_quality(Cursor::new(json), Level::Precise(3))
+            .read_to_end(&mut compressed)
+            .await
+            .unwrap();
+        record::create(&plain, &legacy_path, compressed)
+            .await
+            .unwrap();
+
+        let key = warmspare_store::EncryptionKey::generate();
+        let keyed = config.clone().with_encryption_key(key);
+        let strict = Repository::open(Store::open(&keyed).unwrap())
+            .await
+            .unwrap();
+        for inventory in [&sealed, &legacy] {
+            let path = layout::inventory(&inventory.id);
+            let err = read_inventory(&strict, &inventory.id).await.unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    Error::Repository(warmspare_store::Error::Unencrypted { path: p })
+                        if p == path.as_ref()
+                ),
+                "{err:?}"
+            );
+            assert!(err.to_string().contains("allow_unencrypted"), "{err}");
+        }
+        // Rewriting the same inventory does not pass for success either.
+        let err = write_inventory(&strict, &sealed).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Repository(warmspare_store::Error::Unencrypted { .. })
+            ),
+            "{err:?}"
+        );
+
+        let allowing = Repository::open(Store::open(&keyed.with_allow_unencrypted(true)).unwrap())
+            .await
+            .unwrap();
+        for inventory in [&sealed, &legacy] {
+            assert_eq!(
+                &read_inventory(&allowing, &inventory.id).await.unwrap(),
+                inventory
+            );
+        }
+        write_inventory(&allowing, &sealed).await.unwrap();
+        // An encrypted inventory reads with or without the opt-in.
+        let mut fresh = sample(now);
+        fresh.id = SnapshotId::with_suffix(now, 12);
+        write_inventory(&strict, &fresh).await.unwrap();
+        for repo in [&strict, &allowing] {
+            assert_eq!(read_inventory(repo, &fresh.id).await.unwrap(), fresh);
+        }
     }
 
     #[tokio::test]

@@ -598,6 +598,21 @@ impl Error {
         )
     }
 
+    /// Whether an object of the repository cannot be used as it is: damaged
+    /// ([`Error::is_corruption`]), failing its authentication, or not
+    /// encrypted in a repository with a key (which someone who can write to
+    /// the bucket may have planted). What a verification lists per object.
+    pub fn is_untrustworthy(&self) -> bool {
+        self.is_corruption()
+            || matches!(
+                self.root(),
+                Self::Store(
+                    warmspare_store::Error::Authentication { .. }
+                        | warmspare_store::Error::Unencrypted { .. }
+                )
+            )
+    }
+
     /// The step of a failed backup or restore, if this is one.
     pub fn restore_step(&self) -> Option<RestoreStep> {
         match self {
@@ -642,6 +657,34 @@ fn sqlstate_is_retryable(code: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untrustworthy_objects_are_corrupt_unauthenticated_or_unencrypted() {
+        let store = |e| Error::PhysicalVerify {
+            id: "20261122T101500Z-3f9a".parse().unwrap(),
+            step: crate::PhysicalVerifyStep::FetchWal,
+            source: Box::new(Error::Store(e)),
+        };
+        let unencrypted = store(warmspare_store::Error::Unencrypted {
+            path: "wal/00000001/000000010000000000000009.zst".into(),
+        });
+        assert!(unencrypted.is_untrustworthy() && !unencrypted.is_corruption());
+        let forged = store(warmspare_store::Error::Authentication {
+            path: "wal/x".into(),
+            reason: "tag mismatch".into(),
+        });
+        assert!(forged.is_untrustworthy());
+        let damaged = store(warmspare_store::Error::DigestMismatch {
+            path: "wal/x".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        });
+        assert!(damaged.is_untrustworthy() && damaged.is_corruption());
+        let missing = store(warmspare_store::Error::NotFound {
+            path: "wal/x".into(),
+        });
+        assert!(!missing.is_untrustworthy());
+    }
 
     #[test]
     fn messages_name_the_step_and_stay_lowercase() {

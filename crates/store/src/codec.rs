@@ -9,8 +9,11 @@
 //! Encryption is optional ([`Codec::with_encryption`], format and design in
 //! [`crate::crypto`]); [`ObjectInfo::encryption_key_id`] records it, so that
 //! a reader without the key, or with another, fails before decrypting. A
-//! reader with a key still reads unencrypted objects (written before
-//! encryption was turned on).
+//! reader with a key still reads an object that its [`ObjectInfo`] records
+//! as unencrypted (written before encryption was turned on): that record
+//! comes from an authenticated manifest. Sealed objects describe their own
+//! encoding, so there a reader with a key refuses an unencrypted one unless
+//! [`Codec::with_allow_unencrypted`] says otherwise.
 //!
 //! Memory: one 64 KiB read buffer, the zstd window (a few MiB at the levels
 //! allowed), and the upload buffers: `part_size` bytes being filled plus at
@@ -105,6 +108,7 @@ pub struct Codec {
     part_size: usize,
     max_concurrency: usize,
     encryption: Encryption,
+    allow_unencrypted: bool,
 }
 
 impl Default for Codec {
@@ -123,6 +127,7 @@ impl Codec {
             part_size: DEFAULT_PART_SIZE,
             max_concurrency: DEFAULT_MAX_CONCURRENCY,
             encryption: Encryption::Off,
+            allow_unencrypted: false,
         }
     }
 
@@ -130,6 +135,20 @@ impl Codec {
     pub fn with_encryption(mut self, encryption: Encryption) -> Self {
         self.encryption = encryption;
         self
+    }
+
+    /// With encryption configured, reads (`true`) or refuses (`false`, the
+    /// default) sealed objects that are not encrypted
+    /// ([`crate::StoreConfig::allow_unencrypted`]).
+    pub fn with_allow_unencrypted(mut self, allow: bool) -> Self {
+        self.allow_unencrypted = allow;
+        self
+    }
+
+    /// Whether unencrypted sealed objects are read with encryption
+    /// configured (see [`Codec::with_allow_unencrypted`]).
+    pub fn allows_unencrypted(&self) -> bool {
+        self.allow_unencrypted
     }
 
     /// The encryption setting.

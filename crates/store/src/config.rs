@@ -76,6 +76,16 @@ pub struct StoreConfig {
     /// [`Encryption::KeyNotLoaded`], which refuses every data write).
     #[serde(skip)]
     pub encryption: Encryption,
+    /// With encryption configured, still read WAL and history objects and
+    /// inventories that are not encrypted: what a repository holds from
+    /// before encryption was turned on. Off by default: these objects
+    /// describe their own encoding (no authenticated manifest names them),
+    /// so anyone who can write to the bucket could otherwise put a
+    /// plaintext object of their choosing in place of an encrypted one;
+    /// without this, reading one is [`Error::Unencrypted`]. Objects that an
+    /// authenticated manifest names are read either way (the manifest
+    /// records how each is stored). Without encryption it has no effect.
+    pub allow_unencrypted: bool,
 }
 
 /// Default connect timeout.
@@ -108,6 +118,7 @@ impl Default for StoreConfig {
             compression: Compression::Zstd,
             compression_level: DEFAULT_COMPRESSION_LEVEL,
             encryption: Encryption::Off,
+            allow_unencrypted: false,
         }
     }
 }
@@ -196,6 +207,14 @@ impl StoreConfig {
     /// Encrypts data objects with `key` (see [`crate::crypto`]).
     pub fn with_encryption_key(mut self, key: EncryptionKey) -> Self {
         self.encryption = Encryption::Key(key);
+        self
+    }
+
+    /// Reads (`true`) or refuses (`false`, the default) unencrypted WAL
+    /// objects and inventories in a repository with encryption (see
+    /// [`StoreConfig::allow_unencrypted`]).
+    pub fn with_allow_unencrypted(mut self, allow: bool) -> Self {
+        self.allow_unencrypted = allow;
         self
     }
 

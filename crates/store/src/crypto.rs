@@ -33,6 +33,12 @@
 //!   is reported as such before any decryption ("wrong key"), and a missing
 //!   key as "encrypted; configure encryption_key_file". The id reveals
 //!   nothing usable about a 256-bit random key.
+//! * **Bound to the key**: a data object is bound to the key by the
+//!   authenticated manifest that names it (digests and key id); a sealed
+//!   object (WAL, inventory) by its encryption alone, so a reader with a
+//!   key refuses one that is not encrypted ([`Error::Unencrypted`]) unless
+//!   the repository allows objects from before encryption was turned on
+//!   ([`crate::StoreConfig::allow_unencrypted`]).
 //!
 //! Not encrypted: manifests, `FORMAT`, the lease and the recorded sizes and
 //! digests stay readable (the SHA-256 of the content can confirm a guess of
@@ -199,7 +205,10 @@ pub enum Encryption {
         source: String,
     },
     /// Encrypt every data object with this key; read objects written with
-    /// it (and unencrypted ones).
+    /// it, and unencrypted ones that an authenticated manifest names.
+    /// Unencrypted objects that describe their own encoding (sealed WAL
+    /// objects, inventories) are refused unless the codec allows them
+    /// ([`crate::Codec::with_allow_unencrypted`]).
     Key(EncryptionKey),
 }
 

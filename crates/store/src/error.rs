@@ -140,6 +140,22 @@ pub enum Error {
         configured: String,
     },
 
+    /// An object that describes its own encoding (a sealed WAL or history
+    /// object, an inventory) is not encrypted, but encryption is configured
+    /// for the repository. Anyone who can write to the bucket can write
+    /// such an object, so it is refused unless the repository allows
+    /// objects written before encryption was turned on
+    /// ([`crate::StoreConfig::allow_unencrypted`]).
+    #[error(
+        "object {path} is not encrypted although the repository has a key: it may have been \
+         put there by someone who can write to the bucket; if it was written before encryption \
+         was turned on, set [repository] allow_unencrypted = true to read it"
+    )]
+    Unencrypted {
+        /// The object path.
+        path: String,
+    },
+
     /// Encryption is configured but this program did not load its key:
     /// refused rather than writing the object unencrypted.
     #[error(
@@ -238,6 +254,7 @@ impl Error {
             | Self::Unauthenticated { .. }
             | Self::KeyMissing { .. }
             | Self::WrongKey { .. }
+            | Self::Unencrypted { .. }
             | Self::KeyNotLoaded { .. }
             | Self::InvalidKey { .. }
             | Self::Corrupt { .. }

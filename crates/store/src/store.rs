@@ -54,7 +54,8 @@ impl Store {
         let location = Location::parse(&config.url)?;
         let codec = Codec::new(config.compression)
             .with_level(config.compression_level)
-            .with_encryption(config.encryption.clone());
+            .with_encryption(config.encryption.clone())
+            .with_allow_unencrypted(config.allow_unencrypted);
         match &location {
             Location::File { path } => {
                 std::fs::create_dir_all(path).map_err(|source| Error::Io {

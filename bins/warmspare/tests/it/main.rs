@@ -15,6 +15,7 @@ mod physical;
 mod snapshots;
 mod spool;
 mod timeline;
+mod unencrypted;
 mod verify_physical;
 mod wal;
 

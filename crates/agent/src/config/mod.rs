@@ -167,6 +167,12 @@ pub struct RepositoryConfig {
     /// encrypted.
     #[serde(default)]
     pub encryption_key_file: Option<PathBuf>,
+    /// With a key: still read WAL segments, history files and inventories
+    /// that are not encrypted (written before encryption was turned on).
+    /// Off, such an object is refused: it may have been planted by someone
+    /// who can write to the bucket.
+    #[serde(default)]
+    pub allow_unencrypted: bool,
     /// Limit on establishing a connection; the store's default when unset.
     #[serde(
         default,
@@ -301,6 +307,7 @@ impl RepositoryConfig {
             compression: default_compression(),
             compression_level: None,
             encryption_key_file: None,
+            allow_unencrypted: false,
             connect_timeout: None,
             read_timeout: None,
         }
@@ -334,6 +341,7 @@ impl RepositoryConfig {
         if let Some(t) = self.read_timeout {
             c.read_timeout = t;
         }
+        c.allow_unencrypted = self.allow_unencrypted;
         if let Some(path) = &self.encryption_key_file {
             c.encryption = Encryption::KeyNotLoaded {
                 source: format!("encryption_key_file {}", path.display()),

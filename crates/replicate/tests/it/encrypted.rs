@@ -69,6 +69,16 @@ impl Repo {
             .unwrap()
     }
 
+    /// The same repository, opened with `encryption` and reading the
+    /// unencrypted inventories of before encryption was turned on.
+    async fn allowing_unencrypted(&self, encryption: Encryption) -> Repository {
+        let mut config = self.config.clone().with_allow_unencrypted(true);
+        config.encryption = encryption;
+        Repository::open(Store::open(&config).unwrap())
+            .await
+            .unwrap()
+    }
+
     /// Every stored object under `prefix`: path -> bytes as stored.
     async fn stored(&self, prefix: &str) -> BTreeMap<String, Vec<u8>> {
         let store = self.repo.store().object_store();
@@ -296,8 +306,9 @@ async fn encrypted_roundtrip(repo_kind: Kind, to: Kind, name: &str) {
 }
 
 /// Encryption turned on in a repository that has plaintext blobs: old
-/// inventories still restore, reused content is re-encrypted, and a
-/// plaintext blob that begins like an encryption header is still read.
+/// (plaintext) inventories are refused unless the repository allows them,
+/// then restore; reused content is re-encrypted, and a plaintext blob that
+/// begins like an encryption header is still read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encryption_turned_on_later() {
     let (Some(source), Some(repo)) = (
@@ -348,13 +359,46 @@ async fn encryption_turned_on_later() {
         Some(key.id())
     );
 
-    // Both inventories restore with the key: the sealed blob is decrypted,
-    // the look-alike plaintext blob is read as plaintext.
+    // With the key alone, the old inventory (not encrypted: anyone who can
+    // write to the bucket could have put it there) is refused, naming it;
+    // nothing is restored.
+    let Some(target) = store(Kind::Fs, "enc-later").await else {
+        return;
+    };
+    let err = restore_artifacts(
+        &encrypted,
+        &old.inventory.id,
+        &target.store,
+        &options,
+        quiet,
+    )
+    .await
+    .unwrap_err();
+    let old_path = layout::inventory(&old.inventory.id);
+    assert!(
+        matches!(
+            &err,
+            Error::Repository(warmspare_store::Error::Unencrypted { path }) if path == old_path.as_ref()
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("allow_unencrypted = true"),
+        "{err}"
+    );
+    assert!(digests(target.raw()).await.is_empty(), "nothing restored");
+
+    // With `allow_unencrypted`, both inventories restore with the key: the
+    // sealed blob is decrypted, the look-alike plaintext blob is read as
+    // plaintext.
+    let allowing = repo
+        .allowing_unencrypted(Encryption::Key(key.clone()))
+        .await;
     for id in [&old.inventory.id, &new.inventory.id] {
         let Some(target) = store(Kind::Fs, "enc-later").await else {
             return;
         };
-        let report = restore_artifacts(&encrypted, id, &target.store, &options, quiet)
+        let report = restore_artifacts(&allowing, id, &target.store, &options, quiet)
             .await
             .unwrap();
         assert!(report.is_success(), "{report:?}");

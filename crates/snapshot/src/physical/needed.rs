@@ -143,7 +143,7 @@ pub async fn verify_wal(repo: &Repository, manifest: &Manifest) -> Result<WalVer
                     Err(warmspare_store::Error::NotFound { .. }) => {}
                     Err(e) => {
                         let e = Error::from(e);
-                        return if e.is_corruption() {
+                        return if e.is_untrustworthy() {
                             Ok(Err(e))
                         } else {
                             Err(e)

@@ -17,6 +17,15 @@
 //! With encryption, the encoded content after the seal is an encrypted
 //! stream ([`crate::crypto`]) and the seal records `encryption_key_id`; the
 //! seal itself stays readable, and the object is no longer a `.zst` file.
+//!
+//! The seal is not authenticated: whoever can write to the bucket can write
+//! a seal. An encrypted object is bound to the key by its encryption (a
+//! forged one fails authentication), but a seal that records no key would
+//! let a plaintext object of anyone's choosing stand in for an encrypted
+//! one. So a codec with encryption configured refuses a sealed object that
+//! is not encrypted ([`Error::Unencrypted`]), unless it was built
+//! [`Codec::with_allow_unencrypted`] (a repository that holds objects from
+//! before encryption was turned on).
 
 use std::sync::Arc;
 
@@ -76,7 +85,10 @@ impl Codec {
     /// race) nothing is written: the existing object is read whole and
     /// verified, and both infos are returned so that the caller can compare
     /// the contents' digests. A corrupt existing object is an error naming
-    /// it.
+    /// it, and so is an unencrypted one when encryption is configured and
+    /// unencrypted objects are not allowed ([`Error::Unencrypted`], as
+    /// [`Codec::get_sealed`] would refuse it): a write must not report
+    /// success for an object that cannot be read back.
     pub async fn put_sealed<R>(
         &self,
         store: &Arc<dyn ObjectStore>,
@@ -156,8 +168,11 @@ impl Codec {
     /// verified against the object's own seal, and returns the seal's
     /// [`ObjectInfo`]. A seal that is missing, unreadable or names another
     /// path is [`Error::Corrupt`]; content that does not match it is
-    /// [`Error::DigestMismatch`]; both name the object. As with
-    /// [`Codec::get`], output is provisional until this returns `Ok`.
+    /// [`Error::DigestMismatch`]; both name the object. With encryption
+    /// configured, an object that is not encrypted is [`Error::Unencrypted`]
+    /// (see [`Codec::check_unencrypted`]), one encrypted with another key
+    /// [`Error::WrongKey`]. As with [`Codec::get`], output is provisional
+    /// until this returns `Ok`.
     pub async fn get_sealed<W>(
         &self,
         store: &Arc<dyn ObjectStore>,
@@ -211,11 +226,29 @@ impl Codec {
                 seal.path
             )));
         }
+        if seal.info.encryption_key_id.is_none() {
+            self.check_unencrypted(name)?;
+        }
         let stream = futures::stream::once(std::future::ready(Ok(rest)))
             .chain(stream)
             .boxed();
         decode_verified(name, stream, &seal.info, &self.encryption, writer, None).await?;
         Ok(seal.info)
+    }
+
+    /// Whether an object at `path` that describes itself as unencrypted (a
+    /// sealed object whose seal records no key, an inventory of an earlier
+    /// build) may be read: always without encryption; with encryption
+    /// configured (its key loaded or not) only when unencrypted objects are
+    /// allowed ([`Codec::with_allow_unencrypted`]), else
+    /// [`Error::Unencrypted`] naming the object.
+    pub fn check_unencrypted(&self, path: &str) -> Result<()> {
+        if self.encryption.is_enabled() && !self.allow_unencrypted {
+            return Err(Error::Unencrypted {
+                path: path.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -360,6 +393,96 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn unencrypted_sealed_objects_need_the_opt_in() {
+        let store = mem();
+        let path = Path::from("wal/00000001/000000010000000000000003.zst");
+        let data = data();
+        // Planted without a key (or written before encryption was on).
+        let SealedPut::Created(plain) = Codec::default()
+            .put_sealed(&store, &path, &data[..], 1 << 24)
+            .await
+            .unwrap()
+        else {
+            panic!("not created")
+        };
+        assert_eq!(plain.encryption_key_id, None);
+
+        let key = EncryptionKey::generate();
+        let keyed = Codec::default().with_encryption(crate::Encryption::Key(key.clone()));
+        let not_loaded = Codec::default().with_encryption(crate::Encryption::KeyNotLoaded {
+            source: "encryption_key_file /k".into(),
+        });
+        for codec in [&keyed, &not_loaded] {
+            let mut out = Vec::new();
+            let err = codec.get_sealed(&store, &path, &mut out).await.unwrap_err();
+            assert!(
+                matches!(&err, Error::Unencrypted { path: p } if p == path.as_ref()),
+                "{err:?}"
+            );
+            assert!(out.is_empty(), "nothing of it is written");
+            let text = err.to_string();
+            assert!(
+                text.contains(path.as_ref()) && text.contains("allow_unencrypted = true"),
+                "{text}"
+            );
+            assert!(!err.is_retryable());
+        }
+        // A re-push of the same content is refused too: it could not be
+        // read back.
+        let err = keyed
+            .put_sealed(&store, &path, &data[..], 1 << 24)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Unencrypted { .. }), "{err:?}");
+
+        // With the opt-in it reads, and an identical re-push succeeds.
+        let allowing = keyed.clone().with_allow_unencrypted(true);
+        assert!(allowing.allows_unencrypted());
+        let mut out = Vec::new();
+        assert_eq!(
+            allowing.get_sealed(&store, &path, &mut out).await.unwrap(),
+            plain
+        );
+        assert_eq!(out, data);
+        let again = allowing
+            .put_sealed(&store, &path, &data[..], 1 << 24)
+            .await
+            .unwrap();
+        let SealedPut::Exists { ours, existing } = again else {
+            panic!("{again:?}")
+        };
+        assert_eq!(existing, plain);
+        assert_eq!(ours.content_sha256, existing.content_sha256);
+        assert_eq!(ours.encryption_key_id, Some(key.id()));
+
+        // Encrypted objects read either way; the opt-in does not accept
+        // another key's objects.
+        let sealed = Path::from("wal/00000001/000000010000000000000004.zst");
+        keyed
+            .put_sealed(&store, &sealed, &data[..], 1 << 24)
+            .await
+            .unwrap();
+        for codec in [&keyed, &allowing] {
+            let mut out = Vec::new();
+            codec.get_sealed(&store, &sealed, &mut out).await.unwrap();
+            assert_eq!(out, data);
+        }
+        let other = Codec::default()
+            .with_encryption(crate::Encryption::Key(EncryptionKey::generate()))
+            .with_allow_unencrypted(true);
+        let err = other
+            .get_sealed(&store, &sealed, &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
+        // Without encryption the setting changes nothing.
+        Codec::default()
+            .get_sealed(&store, &path, &mut Vec::new())
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -6,6 +6,9 @@ use warmspare_testkit::S3Server;
 /// A store under test and what its backend promises.
 pub(crate) struct Backend {
     pub(crate) store: Store,
+    /// The configuration `store` was opened with, to open it again with
+    /// other settings.
+    pub(crate) config: StoreConfig,
     /// Whether the backend enforces conditional writes. When false, tests
     /// of compare-and-swap assert that the probe refuses the backend.
     pub(crate) cas_enforced: bool,
@@ -17,9 +20,11 @@ pub(crate) struct Backend {
 pub(crate) fn filesystem() -> Backend {
     let dir = tempfile::tempdir().expect("tempdir");
     let url = url::Url::from_directory_path(dir.path().join("repo")).expect("file url");
-    let store = Store::open(&StoreConfig::new(url.as_str())).expect("open filesystem store");
+    let config = StoreConfig::new(url.as_str());
+    let store = Store::open(&config).expect("open filesystem store");
     Backend {
         store,
+        config,
         cas_enforced: true,
         _dir: Some(dir),
     }
@@ -39,6 +44,7 @@ pub(crate) async fn s3(test: &str) -> Option<Backend> {
     let store = Store::open(&config).expect("open s3 store");
     Some(Backend {
         store,
+        config,
         cas_enforced: server.conditional_writes_enforced(),
         _dir: None,
     })

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use warmspare_store::object_store::path::Path;
 use warmspare_store::object_store::{ObjectStore, ObjectStoreExt};
-use warmspare_store::{Codec, Compression, Encryption, EncryptionKey, Error};
+use warmspare_store::{Codec, Compression, Encryption, EncryptionKey, Error, SealedPut, Store};
 use warmspare_testkit::{Fault, FaultStore, Op};
 
 use crate::backend::Backend;
@@ -17,6 +17,7 @@ crate::conformance!(
     codec_download_fault_is_retryable_not_corruption,
     codec_encrypted_roundtrip_and_failures,
     codec_encrypted_64_mib_multipart,
+    codec_unencrypted_sealed_objects_need_the_opt_in,
 );
 
 async fn roundtrip(codec: &Codec, store: &Arc<dyn ObjectStore>, path: &str, seed: u64, len: u64) {
@@ -221,6 +222,115 @@ async fn codec_encrypted_64_mib_multipart(b: &Backend) {
     let len = 64 * 1024 * 1024 + 12_345;
     let codec = encrypted(b.store.codec(), &key);
     roundtrip(&codec, b.store.object_store(), "e/large", 43, len).await;
+}
+
+/// A sealed object (a WAL segment) that is not encrypted, in a repository
+/// opened with a key: refused naming it, unless the configuration allows
+/// unencrypted objects; an encrypted one reads either way. An unencrypted
+/// data object that a manifest names (its `ObjectInfo` says so) still
+/// reads: the manifest is authenticated.
+async fn codec_unencrypted_sealed_objects_need_the_opt_in(b: &Backend) {
+    let store = b.store.object_store();
+    let plain = Path::from("wal/00000001/000000010000000000000007.zst");
+    let len = 300_001;
+    let put = b
+        .store
+        .codec()
+        .put_sealed(store, &plain, PatternReader::new(7, len), 1 << 24)
+        .await
+        .unwrap();
+    assert!(matches!(put, SealedPut::Created(_)), "{put:?}");
+    let data = Path::from("snapshots/s/data");
+    let data_info = b
+        .store
+        .codec()
+        .put(store, &data, PatternReader::new(8, len), None)
+        .await
+        .unwrap();
+
+    let key = EncryptionKey::generate();
+    let keyed = b.config.clone().with_encryption_key(key.clone());
+    let strict = Store::open(&keyed).unwrap();
+    let allowing = Store::open(&keyed.with_allow_unencrypted(true)).unwrap();
+    assert!(!strict.codec().allows_unencrypted());
+    assert!(allowing.codec().allows_unencrypted());
+
+    let mut out = HashingWriter::default();
+    let err = strict
+        .codec()
+        .get_sealed(strict.object_store(), &plain, &mut out)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unencrypted { path } if path == plain.as_ref()),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(plain.as_ref()), "{err}");
+    assert_eq!(out.len, 0, "nothing of it written");
+    let err = strict
+        .codec()
+        .put_sealed(
+            strict.object_store(),
+            &plain,
+            PatternReader::new(7, len),
+            1 << 24,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unencrypted { .. }), "{err:?}");
+
+    let mut out = HashingWriter::default();
+    let info = allowing
+        .codec()
+        .get_sealed(allowing.object_store(), &plain, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(info.encryption_key_id, None);
+    assert_eq!(out.hex(), pattern_digest(7, len).await);
+    let again = allowing
+        .codec()
+        .put_sealed(
+            allowing.object_store(),
+            &plain,
+            PatternReader::new(7, len),
+            1 << 24,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&again, SealedPut::Exists { ours, existing } if ours.content_sha256 == existing.content_sha256),
+        "{again:?}"
+    );
+
+    let sealed = Path::from("wal/00000001/000000010000000000000008.zst");
+    strict
+        .codec()
+        .put_sealed(
+            strict.object_store(),
+            &sealed,
+            PatternReader::new(9, len),
+            1 << 24,
+        )
+        .await
+        .unwrap();
+    for s in [&strict, &allowing] {
+        let mut out = HashingWriter::default();
+        let info = s
+            .codec()
+            .get_sealed(s.object_store(), &sealed, &mut out)
+            .await
+            .unwrap();
+        assert_eq!(info.encryption_key_id, Some(key.id()));
+        assert_eq!(out.hex(), pattern_digest(9, len).await);
+    }
+
+    let mut out = HashingWriter::default();
+    strict
+        .codec()
+        .get(strict.object_store(), &data, &data_info, &mut out, None)
+        .await
+        .unwrap();
+    assert_eq!(out.hex(), pattern_digest(8, len).await);
 }
 
 /// Peak memory stays bounded for a 1 GiB object. Run alone, it is the only
