@@ -9,7 +9,9 @@ use futures::TryStreamExt;
 use tokio::io::AsyncReadExt;
 use warmspare_replicate::object_store::ObjectStoreExt;
 use warmspare_replicate::object_store::path::Path;
-use warmspare_replicate::{Error, SyncEvent, backup_artifacts, restore_artifacts};
+use warmspare_replicate::{
+    Error, SyncEvent, backup_artifacts, previous_inventory, restore_artifacts,
+};
 use warmspare_store::crypto::{EncryptReader, header_key_id};
 use warmspare_store::{Encryption, EncryptionKey, Repository, Store, StoreConfig, layout};
 use warmspare_testkit::{Op, S3Server};
@@ -342,6 +344,22 @@ async fn encryption_turned_on_later() {
 
     // Encryption on: the same content under a new key is rewritten sealed.
     let encrypted = repo.with(Encryption::Key(key.clone())).await;
+    // The plaintext inventory is no basis for the next backup with the key
+    // (it could have been planted): passed over, not an error.
+    assert!(
+        previous_inventory(&repo.repo, None, 10)
+            .await
+            .unwrap()
+            .is_some(),
+        "found without a key"
+    );
+    assert!(
+        previous_inventory(&encrypted, None, 10)
+            .await
+            .unwrap()
+            .is_none(),
+        "passed over with the key"
+    );
     put(source.raw(), "moved/plain.bin", data(1, 5000)).await;
     let new = backup_artifacts(
         &source.store,
