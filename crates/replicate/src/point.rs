@@ -4,9 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use warmspare_store::{
-    Authenticity, Error as StoreError, MissingMac, Repository, SnapshotId, layout,
-};
+use warmspare_store::{Authenticity, Error as StoreError, Repository, SnapshotId, layout};
 
 use crate::error::{Error, Result};
 use crate::inventory::{list_ids, list_inventories};
@@ -113,7 +111,7 @@ pub async fn read_point_checked(
             id: id.to_string(),
         })?;
     let (body, authenticity) = repo
-        .open_record(KIND, &path, &bytes, MissingMac::Refuse)
+        .open_record(KIND, &path, &bytes, repo.missing_mac())
         .map_err(|e| match e {
             StoreError::Corrupt { path, reason } => Error::Corrupt { path, reason },
             StoreError::DigestMismatch {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use warmspare_store::object_store::{ObjectStoreExt, path::Path};
 use warmspare_store::{
-    Authenticity, Manifest, MissingMac, Repository, SnapshotId, SnapshotKind, VerifyReport, layout,
+    Authenticity, Manifest, Repository, SnapshotId, SnapshotKind, VerifyReport, layout,
 };
 
 use crate::error::{Error, Result};
@@ -229,7 +229,7 @@ pub async fn list(repo: &Repository, include_incomplete: bool) -> Result<Vec<Sna
     let committed = repo.list_snapshots().await?;
     let mut out: Vec<SnapshotSummary> = futures::stream::iter(committed)
         .map(|id| async move {
-            match repo.read_manifest_checked(&id, MissingMac::Refuse).await {
+            match repo.read_manifest_checked(&id, repo.missing_mac()).await {
                 Ok((m, authenticity)) => {
                     Ok(SnapshotSummary::from_checked_manifest(&m, &authenticity))
                 }

@@ -193,10 +193,26 @@ impl Repository {
     /// from another snapshot) is [`Error::Unauthenticated`] naming the
     /// manifest. Without a key, an authenticated manifest is read (its
     /// digest checked, its MAC not): listing needs no key.
+    ///
+    /// With [`crate::StoreConfig::allow_unencrypted`], a manifest without a
+    /// MAC is read too (see [`Repository::missing_mac`]).
     pub async fn read_manifest(&self, id: &SnapshotId) -> Result<Manifest> {
-        self.read_manifest_checked(id, MissingMac::Refuse)
+        self.read_manifest_checked(id, self.missing_mac())
             .await
             .map(|(manifest, _)| manifest)
+    }
+
+    /// What readers of this repository do with a record (manifest,
+    /// recovery point) that carries no MAC although a key is configured:
+    /// refuse it, unless the repository allows what was written before
+    /// encryption was turned on ([`crate::StoreConfig::allow_unencrypted`],
+    /// the same opt-in as for unencrypted WAL and inventories).
+    pub fn missing_mac(&self) -> MissingMac {
+        if self.store.codec().allows_unencrypted() {
+            MissingMac::Accept
+        } else {
+            MissingMac::Refuse
+        }
     }
 
     /// Like [`Repository::read_manifest`], returning how the manifest was

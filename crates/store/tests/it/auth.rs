@@ -287,6 +287,21 @@ async fn auth_manifest_without_mac_is_refused(b: &Backend) {
         .unwrap();
     assert_eq!(read.epoch, Some(99));
     assert_eq!(auth, Authenticity::NoMac);
+    // So does a repository that allows what was written before the key
+    // (`allow_unencrypted`): every reader then takes it.
+    let allowing = Repository::open(
+        b.store.clone().with_codec(
+            keyed(&b.store, &key)
+                .codec()
+                .clone()
+                .with_allow_unencrypted(true),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(allowing.missing_mac(), MissingMac::Accept);
+    assert_eq!(repo.missing_mac(), MissingMac::Refuse);
+    assert_eq!(allowing.read_manifest(&m.id).await.unwrap().epoch, Some(99));
 
     // A writer whose configured key was not loaded refuses to commit
     // rather than write a manifest without a MAC (even of no files).
