@@ -49,10 +49,20 @@ pub(crate) struct SwitchoverArgs {
     #[arg(long)]
     force: bool,
     /// How long to wait for the new site to accept traffic; 0 returns once
-    /// the holder accepted the command.
-    #[arg(long, value_name = "DURATION", default_value = "2m",
-          value_parser = crate::cmd::parse_duration)]
-    wait: Duration,
+    /// the holder accepted the command. Default: the configuration's
+    /// `[failover] switchover_timeout` plus a lease TTL and 30 s for the
+    /// promotion, and at least 2 minutes.
+    #[arg(long, value_name = "DURATION", value_parser = crate::cmd::parse_duration)]
+    wait: Option<Duration>,
+}
+
+/// How long `switchover` waits by default: the holder may wait up to
+/// `switchover_timeout` for the new site to catch up before it releases
+/// the lease, the new site then sees the release within a TTL, and
+/// promotes.
+fn default_wait(failover: &warmspare_agent::config::FailoverConfig) -> Duration {
+    (failover.switchover_timeout + failover.lease_ttl + Duration::from_secs(30))
+        .max(Duration::from_secs(120))
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -159,7 +169,8 @@ pub(crate) fn run_switchover(global: &Global, args: SwitchoverArgs) -> anyhow::R
         force: args.force,
     };
     let answer = request(&config, &holder, &command)?;
-    if args.wait.is_zero() {
+    let wait = args.wait.unwrap_or_else(|| default_wait(&config.failover));
+    if wait.is_zero() {
         print_answer(global, &holder, &answer)?;
         return Ok(ExitCode::from(EXIT_OK));
     }
@@ -167,7 +178,7 @@ pub(crate) fn run_switchover(global: &Global, args: SwitchoverArgs) -> anyhow::R
         print_answer(global, &holder, &answer)?;
     }
     let agents = (agent_of(&config, &holder)?, agent_of(&config, &args.to)?);
-    let outcome = crate::cmd::runtime()?.block_on(switchover_outcome(agents, args.wait));
+    let outcome = crate::cmd::runtime()?.block_on(switchover_outcome(agents, wait));
     let mut out = io::stdout().lock();
     match outcome {
         Ok(epoch) => {
@@ -234,6 +245,15 @@ async fn switchover_outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_wait_follows_the_switchover_timeout() {
+        let mut failover = warmspare_agent::config::FailoverConfig::default();
+        assert_eq!(default_wait(&failover), Duration::from_secs(120));
+        failover.switchover_timeout = Duration::from_secs(600);
+        failover.lease_ttl = Duration::from_secs(10);
+        assert_eq!(default_wait(&failover), Duration::from_secs(640));
+    }
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// An "agent" answering every request with `status` as its `/status`.
