@@ -183,9 +183,10 @@ fn elapsed(clock: std::time::Instant) -> Duration {
 /// newest inventories: what [`backup_artifacts`] compares with so that
 /// unchanged objects are not read again. `None` when there is none (the
 /// next backup reads everything once). An inventory that is not encrypted
-/// in a repository with a key (from before the key, or planted) is passed
-/// over, as it cannot be trusted to say what is unchanged: the next backup
-/// then reads everything once instead of failing.
+/// in a repository with a key (from before the key, or planted), or whose
+/// seal the key does not authenticate, is passed over, as it cannot be
+/// trusted to say what is unchanged: the next backup then reads everything
+/// once instead of failing.
 pub async fn previous_inventory(
     repo: &Repository,
     source: Option<&str>,
@@ -196,7 +197,10 @@ pub async fn previous_inventory(
             Ok(inventory) => inventory,
             // Pruned since the listing.
             Err(e) if e.is_not_found() => continue,
-            Err(Error::Repository(warmspare_store::Error::Unencrypted { .. })) => continue,
+            Err(Error::Repository(
+                warmspare_store::Error::Unencrypted { .. }
+                | warmspare_store::Error::Unauthenticated { .. },
+            )) => continue,
             Err(e) => return Err(e),
         };
         if inventory.source.as_deref() == source {

@@ -599,8 +599,9 @@ impl Error {
     }
 
     /// Whether an object of the repository cannot be used as it is: damaged
-    /// ([`Error::is_corruption`]), failing its authentication, or not
-    /// encrypted in a repository with a key (which someone who can write to
+    /// ([`Error::is_corruption`]), failing its authentication (its
+    /// encryption's or its seal's MAC), or not encrypted in a repository
+    /// with a key (which someone who can write to
     /// the bucket may have planted). What a verification lists per object.
     pub fn is_untrustworthy(&self) -> bool {
         self.is_corruption()
@@ -608,6 +609,7 @@ impl Error {
                 self.root(),
                 Self::Store(
                     warmspare_store::Error::Authentication { .. }
+                        | warmspare_store::Error::Unauthenticated { .. }
                         | warmspare_store::Error::Unencrypted { .. }
                 )
             )
@@ -674,6 +676,12 @@ mod tests {
             reason: "tag mismatch".into(),
         });
         assert!(forged.is_untrustworthy());
+        let moved = store(warmspare_store::Error::Unauthenticated {
+            path: "wal/00000002.history.zst".into(),
+            reason: "the MAC does not match".into(),
+            other_key: None,
+        });
+        assert!(moved.is_untrustworthy() && !moved.is_corruption());
         let damaged = store(warmspare_store::Error::DigestMismatch {
             path: "wal/x".into(),
             expected: "a".into(),

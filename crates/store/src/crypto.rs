@@ -35,8 +35,9 @@
 //!   nothing usable about a 256-bit random key.
 //! * **Bound to the key**: a data object is bound to the key by the
 //!   authenticated manifest that names it (digests and key id); a sealed
-//!   object (WAL, inventory) by its encryption alone, so a reader with a
-//!   key refuses one that is not encrypted ([`Error::Unencrypted`]) unless
+//!   object (WAL, inventory) by its encryption, and to its name by its
+//!   seal's MAC (the encryption does not bind the path; `codec/sealed.rs`),
+//!   so a reader with a key refuses one that is not encrypted ([`Error::Unencrypted`]) unless
 //!   the repository allows objects from before encryption was turned on
 //!   ([`crate::StoreConfig::allow_unencrypted`]).
 //!

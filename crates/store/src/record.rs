@@ -194,33 +194,9 @@ pub(crate) fn check<'a>(
     key: Option<&EncryptionKey>,
     missing: MissingMac,
 ) -> Result<(&'a [u8], Authenticity)> {
-    let unauthenticated = |reason: String| Error::Unauthenticated {
-        path: path.to_string(),
-        reason,
-        other_key: None,
-    };
     let authenticity = match (frame.mac, key) {
         (Some((key_id, tag)), Some(key)) => {
-            if key_id != key.id() {
-                return Err(Error::Unauthenticated {
-                    path: path.to_string(),
-                    reason: format!(
-                        "its MAC is by key id {key_id}, the configured key has id {}",
-                        key.id()
-                    ),
-                    other_key: Some(key_id.to_string()),
-                });
-            }
-            let tag = hex::decode(tag).map_err(|_| unauthenticated("malformed MAC".into()))?;
-            mac(key, kind, path, frame.body)?
-                .verify_slice(&tag)
-                .map_err(|_| {
-                    unauthenticated(
-                        "its MAC does not match its content and name: \
-                         it was altered, or copied from another object"
-                            .into(),
-                    )
-                })?;
+            verify(key, key_id, tag, kind, path, frame.body)?;
             Authenticity::Authenticated {
                 key_id: key_id.to_string(),
             }
@@ -228,13 +204,7 @@ pub(crate) fn check<'a>(
         (Some((key_id, _)), None) => Authenticity::Unchecked {
             key_id: key_id.to_string(),
         },
-        (None, Some(_)) if missing == MissingMac::Refuse => {
-            return Err(unauthenticated(
-                "it carries no MAC (written without the key, by an earlier build, \
-                 or replaced by someone without the key)"
-                    .into(),
-            ));
-        }
+        (None, Some(_)) if missing == MissingMac::Refuse => return Err(no_mac(path)),
         (None, _) => Authenticity::NoMac,
     };
     let actual = crate::cas::sha256_hex(frame.body);
@@ -246,6 +216,93 @@ pub(crate) fn check<'a>(
         });
     }
     Ok((frame.body, authenticity))
+}
+
+/// The MAC of `body` (kind `kind`, stored at `path`) under `key` in its
+/// textual form, `hmac-sha256:<key id>:<tag>`: what an authenticated record
+/// carries in its `mac` field, and a sealed object's seal in its own
+/// (`codec/sealed.rs`, whose `body` is an encoding of the seal's fields).
+pub(crate) fn mac_text(key: &EncryptionKey, kind: &str, path: &str, body: &[u8]) -> Result<String> {
+    let tag = mac(key, kind, path, body)?.finalize().into_bytes();
+    Ok(format!("{MAC_SCHEME}:{}:{}", key.id(), hex::encode(tag)))
+}
+
+/// Checks a MAC in the textual form of [`mac_text`] over `body` (kind
+/// `kind`, read from `path`) under `key`: [`Error::Unauthenticated`] naming
+/// `path` when it is malformed, by another key (`other_key` set), or does
+/// not match.
+pub(crate) fn verify_mac_text(
+    key: &EncryptionKey,
+    text: &str,
+    kind: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<()> {
+    let parsed = text
+        .strip_prefix(MAC_SCHEME)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|rest| take_hex(rest.as_bytes(), KEY_ID_HEX))
+        .and_then(|(key_id, rest)| Some((key_id, rest.strip_prefix(b":")?)))
+        .and_then(|(key_id, rest)| {
+            let (tag, rest) = take_hex(rest, TAG_HEX)?;
+            rest.is_empty().then_some((key_id, tag))
+        });
+    let Some((key_id, tag)) = parsed else {
+        return Err(Error::Unauthenticated {
+            path: path.to_string(),
+            reason: "malformed MAC".into(),
+            other_key: None,
+        });
+    };
+    verify(key, key_id, tag, kind, path, body)
+}
+
+/// The refusal of an object read from `path` with a key that carries no
+/// MAC.
+pub(crate) fn no_mac(path: &str) -> Error {
+    Error::Unauthenticated {
+        path: path.to_string(),
+        reason: "it carries no MAC (written without the key, by an earlier build, \
+                 or replaced by someone without the key)"
+            .into(),
+        other_key: None,
+    }
+}
+
+/// Checks MAC `tag` (hex) by key `key_id` over `body` (kind `kind`, read
+/// from `path`) under `key`.
+fn verify(
+    key: &EncryptionKey,
+    key_id: &str,
+    tag: &str,
+    kind: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<()> {
+    let unauthenticated = |reason: String, other_key: Option<String>| Error::Unauthenticated {
+        path: path.to_string(),
+        reason,
+        other_key,
+    };
+    if key_id != key.id() {
+        return Err(unauthenticated(
+            format!(
+                "its MAC is by key id {key_id}, the configured key has id {}",
+                key.id()
+            ),
+            Some(key_id.to_string()),
+        ));
+    }
+    let tag = hex::decode(tag).map_err(|_| unauthenticated("malformed MAC".into(), None))?;
+    // `verify_slice` compares in constant time.
+    mac(key, kind, path, body)?.verify_slice(&tag).map_err(|_| {
+        unauthenticated(
+            "its MAC does not match its content and name: \
+                 it was altered, or copied from another object"
+                .into(),
+            None,
+        )
+    })
 }
 
 /// The HMAC over a record's kind, path and body, ready to finalize.

@@ -1,31 +1,59 @@
 //! Sealed objects: immutable objects that carry their own [`ObjectInfo`],
-//! for data that no manifest lists (WAL segments, timeline history files).
+//! for data that no manifest lists (WAL segments, timeline history files,
+//! inventories).
 //!
 //! ```text
 //! [skippable frame: magic 0x184D2A5E, u32 LE length, seal JSON][encoded content]
 //! seal JSON: {"sealed":1,"path":"wal/...","size":..,"stored_size":..,"sha256":..,"content_sha256":..,"compression":"zstd"}
+//! encrypted: {"sealed":1,"path":..,..,"compression":"zstd","encryption_key_id":"<key id>","mac":"hmac-sha256:<key id>:<tag>"}
+//!
+//! tag  = hex HMAC-SHA256(subkey, u32be(6) || "sealed" || u32be(len path) || path || body)
+//!        (subkey and construction: those of authenticated records, crate::record)
+//! body = f(sealed) || f(size) || f(stored_size) || f(sha256) || f(content_sha256)
+//!        || f(compression) || f(encryption_key_id)
+//! f(v) = u32be(len t) || t, t = the field's JSON value as text (numbers in
+//!        decimal, strings without their quotes)
 //! ```
 //!
 //! `0x184D2A50..=0x184D2A5F` are zstd *skippable frames*, so a sealed
 //! zstd object is still a valid `.zst` file: `zstd -d` skips the seal and
 //! decodes the content. The seal names the object's path, so an object
 //! copied or renamed to another name (a WAL segment under another
-//! segment's name) is refused rather than replayed. The seal itself has no
-//! digest of its own: damage to it either breaks its JSON, or changes a
-//! recorded digest or size so that the content no longer matches.
+//! segment's name) is refused rather than replayed. Without a key the seal
+//! has no digest of its own: damage to it either breaks its JSON, or
+//! changes a recorded digest or size so that the content no longer matches.
 //!
 //! With encryption, the encoded content after the seal is an encrypted
 //! stream ([`crate::crypto`]) and the seal records `encryption_key_id`; the
 //! seal itself stays readable, and the object is no longer a `.zst` file.
 //!
-//! The seal is not authenticated: whoever can write to the bucket can write
-//! a seal. An encrypted object is bound to the key by its encryption (a
-//! forged one fails authentication), but a seal that records no key would
-//! let a plaintext object of anyone's choosing stand in for an encrypted
-//! one. So a codec with encryption configured refuses a sealed object that
-//! is not encrypted ([`Error::Unencrypted`]), unless it was built
+//! # Authentication
+//!
+//! The encryption binds the content to the key, not to a name: whoever can
+//! write to the bucket could copy an encrypted object (a timeline history
+//! file, which no page address checks) under another object's name and
+//! rewrite the path in its seal. So an encrypted seal also carries a MAC
+//! (above) under the key's metadata subkey, over its path and every field
+//! that describes the content, whose digests in turn cover every stored
+//! byte. A reader with the key checks it before writing anything and
+//! refuses, with [`Error::Unauthenticated`] naming the object, an encrypted
+//! seal without a MAC, with a MAC by another key (`other_key` set), or
+//! with one that does not match (altered, or moved to another path). The
+//! MAC sits in the seal's JSON rather than in a wrapping envelope so that
+//! seals without a key stay byte for byte as they were; a build from before
+//! the MAC refuses a seal that carries one (`deny_unknown_fields`: "unknown
+//! field `mac`") instead of ignoring it, so the version stays 1. A MAC'd
+//! seal read without the key, or with another, fails as any encrypted
+//! object does ([`Error::KeyMissing`], [`Error::WrongKey`]) before its MAC
+//! is looked at.
+//!
+//! A seal that records no key would let a plaintext object of anyone's
+//! choosing stand in for an encrypted one. So a codec with encryption
+//! configured refuses a sealed object that is not encrypted
+//! ([`Error::Unencrypted`]), unless it was built
 //! [`Codec::with_allow_unencrypted`] (a repository that holds objects from
-//! before encryption was turned on).
+//! before encryption was turned on). An unencrypted seal is never MAC'd
+//! (its writer had no key); one that carries a MAC is refused as corrupt.
 
 use std::sync::Arc;
 
@@ -37,8 +65,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Codec, Encoder, ObjectInfo, READ_BUFFER, decode_verified, download};
+use super::{
+    Codec, Compression, Encoder, ObjectInfo, READ_BUFFER, decode_verified, download, read_key,
+};
+use crate::crypto::EncryptionKey;
 use crate::error::{Error, Result};
+use crate::record;
 
 /// The magic of the zstd skippable frame that opens a sealed object.
 const SEAL_MAGIC: u32 = 0x184D_2A5E;
@@ -48,6 +80,8 @@ const SEAL_HEADER: usize = 8;
 const MAX_SEAL: usize = 16 * 1024;
 /// The seal format version.
 const SEAL_VERSION: u32 = 1;
+/// The kind an encrypted seal's MAC covers (see the module docs).
+const SEAL_KIND: &str = "sealed";
 
 /// What [`Codec::put_sealed`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +105,9 @@ struct Seal {
     path: String,
     #[serde(flatten)]
     info: ObjectInfo,
+    /// `hmac-sha256:<key id>:<tag>`, when encrypted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
 }
 
 impl Codec {
@@ -123,7 +160,7 @@ impl Codec {
         }
         let sha256 = hex::encode(Sha256::digest(&data));
         let ours = self.info(encoder.into_content(), key, data.len() as u64, sha256);
-        let header = Bytes::from(seal_frame(name, &ours));
+        let header = Bytes::from(seal_frame(name, &ours, key)?);
         let data = Bytes::from(data);
 
         // HEAD first: on a backend that ignores conditional headers, a
@@ -171,8 +208,12 @@ impl Codec {
     /// [`Error::DigestMismatch`]; both name the object. With encryption
     /// configured, an object that is not encrypted is [`Error::Unencrypted`]
     /// (see [`Codec::check_unencrypted`]), one encrypted with another key
-    /// [`Error::WrongKey`]. As with [`Codec::get`], output is provisional
-    /// until this returns `Ok`.
+    /// [`Error::WrongKey`]. With the key, an encrypted object whose seal is
+    /// not authenticated by it (no MAC, a MAC by another key, or one that
+    /// does not match: altered, or moved from another path) is
+    /// [`Error::Unauthenticated`] naming the object, and nothing is written.
+    /// As with [`Codec::get`], output is provisional until this returns
+    /// `Ok`.
     pub async fn get_sealed<W>(
         &self,
         store: &Arc<dyn ObjectStore>,
@@ -226,8 +267,22 @@ impl Codec {
                 seal.path
             )));
         }
-        if seal.info.encryption_key_id.is_none() {
-            self.check_unencrypted(name)?;
+        match (&seal.info.encryption_key_id, &seal.mac) {
+            (None, None) => self.check_unencrypted(name)?,
+            (None, Some(_)) => {
+                return Err(corrupt(
+                    "its seal carries a MAC but records no encryption key".into(),
+                ));
+            }
+            // A missing or another key fails here, as for any encrypted
+            // object, before the MAC that it could not check.
+            (Some(_), mac) => {
+                if let Some(key) = read_key(name, &seal.info, &self.encryption)? {
+                    let mac = mac.as_deref().ok_or_else(|| record::no_mac(name))?;
+                    let body = mac_body(seal.sealed, &seal.info);
+                    record::verify_mac_text(key, mac, SEAL_KIND, name, &body)?;
+                }
+            }
         }
         let stream = futures::stream::once(std::future::ready(Ok(rest)))
             .chain(stream)
@@ -252,352 +307,52 @@ impl Codec {
     }
 }
 
-fn seal_frame(path: &str, info: &ObjectInfo) -> Vec<u8> {
+/// The skippable frame holding the seal of `info` stored at `path`, MAC'd
+/// with `key` (the key the content is encrypted with).
+fn seal_frame(path: &str, info: &ObjectInfo, key: Option<&EncryptionKey>) -> Result<Vec<u8>> {
+    let mac = key
+        .map(|key| record::mac_text(key, SEAL_KIND, path, &mac_body(SEAL_VERSION, info)))
+        .transpose()?;
     let seal = Seal {
         sealed: SEAL_VERSION,
         path: path.to_string(),
         info: info.clone(),
+        mac,
     };
     let json = serde_json::to_vec(&seal).unwrap_or_default();
     let mut frame = Vec::with_capacity(SEAL_HEADER + json.len());
     frame.extend_from_slice(&SEAL_MAGIC.to_le_bytes());
     frame.extend_from_slice(&(json.len() as u32).to_le_bytes());
     frame.extend_from_slice(&json);
-    frame
+    Ok(frame)
+}
+
+/// What an encrypted seal's MAC covers after its kind and path: every
+/// field but the path, each as the text of its JSON value preceded by the
+/// text's length (u32 BE), so that no field can run into the next one.
+fn mac_body(sealed: u32, info: &ObjectInfo) -> Vec<u8> {
+    let compression = match info.compression {
+        Compression::None => "none",
+        Compression::Zstd => "zstd",
+    };
+    let fields = [
+        sealed.to_string(),
+        info.size.to_string(),
+        info.stored_size.to_string(),
+        info.sha256.clone(),
+        info.content_sha256.clone(),
+        compression.to_string(),
+        info.encryption_key_id.clone().unwrap_or_default(),
+    ];
+    let mut body = Vec::with_capacity(fields.iter().map(|f| f.len() + 4).sum());
+    for field in fields {
+        // A seal's fields are far below 4 GiB (the seal is at most MAX_SEAL).
+        let len = u32::try_from(field.len()).unwrap_or(u32::MAX);
+        body.extend_from_slice(&len.to_be_bytes());
+        body.extend_from_slice(field.as_bytes());
+    }
+    body
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::codec::Compression;
-    use crate::crypto::EncryptionKey;
-    use async_compression::tokio::bufread::ZstdDecoder;
-    use object_store::memory::InMemory;
-    use tokio::io::AsyncReadExt;
-
-    fn mem() -> Arc<dyn ObjectStore> {
-        Arc::new(InMemory::new())
-    }
-
-    fn data() -> Vec<u8> {
-        (0..300_000u32)
-            .flat_map(|i| (i % 977).to_le_bytes())
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn roundtrip_and_created_once() {
-        for compression in [Compression::None, Compression::Zstd] {
-            let store = mem();
-            let codec = Codec::new(compression);
-            let path = Path::from("wal/00000001/000000010000000000000001.zst");
-            let data = data();
-            let put = codec
-                .put_sealed(&store, &path, &data[..], 1 << 24)
-                .await
-                .unwrap();
-            let SealedPut::Created(info) = put else {
-                panic!("{put:?}")
-            };
-            assert_eq!(info.size, data.len() as u64);
-            assert_eq!(info.content_sha256, hex::encode(Sha256::digest(&data)));
-            assert_eq!(info.compression, compression);
-            let mut out = Vec::new();
-            let read = codec.get_sealed(&store, &path, &mut out).await.unwrap();
-            assert_eq!((read, out), (info.clone(), data.clone()));
-
-            // Identical content again: left alone, both infos agree.
-            let again = codec
-                .put_sealed(&store, &path, &data[..], 1 << 24)
-                .await
-                .unwrap();
-            assert_eq!(
-                again,
-                SealedPut::Exists {
-                    ours: info.clone(),
-                    existing: info.clone()
-                }
-            );
-            // Other content: left alone, the infos differ.
-            let other = codec
-                .put_sealed(&store, &path, &b"other"[..], 1 << 24)
-                .await
-                .unwrap();
-            let SealedPut::Exists { ours, existing } = other else {
-                panic!("{other:?}")
-            };
-            assert_eq!(existing, info);
-            assert_ne!(ours.content_sha256, existing.content_sha256);
-            let mut out = Vec::new();
-            codec.get_sealed(&store, &path, &mut out).await.unwrap();
-            assert_eq!(out, data, "never overwritten");
-        }
-    }
-
-    #[tokio::test]
-    async fn encrypted_sealed_objects() {
-        let key = EncryptionKey::generate();
-        let codec = Codec::default().with_encryption(crate::Encryption::Key(key.clone()));
-        let store = mem();
-        let path = Path::from("wal/00000001/000000010000000000000002.zst");
-        let data = data();
-        let SealedPut::Created(info) = codec
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap()
-        else {
-            panic!("not created")
-        };
-        assert_eq!(info.encryption_key_id, Some(key.id()));
-        let mut out = Vec::new();
-        assert_eq!(
-            codec.get_sealed(&store, &path, &mut out).await.unwrap(),
-            info
-        );
-        assert_eq!(out, data);
-        let again = codec
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap();
-        let SealedPut::Exists { ours, existing } = again else {
-            panic!("{again:?}")
-        };
-        assert_eq!(ours.content_sha256, existing.content_sha256);
-
-        let err = Codec::default()
-            .get_sealed(&store, &path, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::KeyMissing { .. }), "{err:?}");
-        let other =
-            Codec::default().with_encryption(crate::Encryption::Key(EncryptionKey::generate()));
-        let err = other
-            .get_sealed(&store, &path, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
-
-        let mut stored = store
-            .get(&path)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .to_vec();
-        let last = stored.len() - 1;
-        stored[last] ^= 1;
-        store.put(&path, stored.into()).await.unwrap();
-        let err = codec
-            .get_sealed(&store, &path, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Authentication { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn unencrypted_sealed_objects_need_the_opt_in() {
-        let store = mem();
-        let path = Path::from("wal/00000001/000000010000000000000003.zst");
-        let data = data();
-        // Planted without a key (or written before encryption was on).
-        let SealedPut::Created(plain) = Codec::default()
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap()
-        else {
-            panic!("not created")
-        };
-        assert_eq!(plain.encryption_key_id, None);
-
-        let key = EncryptionKey::generate();
-        let keyed = Codec::default().with_encryption(crate::Encryption::Key(key.clone()));
-        let not_loaded = Codec::default().with_encryption(crate::Encryption::KeyNotLoaded {
-            source: "encryption_key_file /k".into(),
-        });
-        for codec in [&keyed, &not_loaded] {
-            let mut out = Vec::new();
-            let err = codec.get_sealed(&store, &path, &mut out).await.unwrap_err();
-            assert!(
-                matches!(&err, Error::Unencrypted { path: p } if p == path.as_ref()),
-                "{err:?}"
-            );
-            assert!(out.is_empty(), "nothing of it is written");
-            let text = err.to_string();
-            assert!(
-                text.contains(path.as_ref()) && text.contains("allow_unencrypted = true"),
-                "{text}"
-            );
-            assert!(!err.is_retryable());
-        }
-        // A re-push of the same content is refused too: it could not be
-        // read back.
-        let err = keyed
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Unencrypted { .. }), "{err:?}");
-
-        // With the opt-in it reads, and an identical re-push succeeds.
-        let allowing = keyed.clone().with_allow_unencrypted(true);
-        assert!(allowing.allows_unencrypted());
-        let mut out = Vec::new();
-        assert_eq!(
-            allowing.get_sealed(&store, &path, &mut out).await.unwrap(),
-            plain
-        );
-        assert_eq!(out, data);
-        let again = allowing
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap();
-        let SealedPut::Exists { ours, existing } = again else {
-            panic!("{again:?}")
-        };
-        assert_eq!(existing, plain);
-        assert_eq!(ours.content_sha256, existing.content_sha256);
-        assert_eq!(ours.encryption_key_id, Some(key.id()));
-
-        // Encrypted objects read either way; the opt-in does not accept
-        // another key's objects.
-        let sealed = Path::from("wal/00000001/000000010000000000000004.zst");
-        keyed
-            .put_sealed(&store, &sealed, &data[..], 1 << 24)
-            .await
-            .unwrap();
-        for codec in [&keyed, &allowing] {
-            let mut out = Vec::new();
-            codec.get_sealed(&store, &sealed, &mut out).await.unwrap();
-            assert_eq!(out, data);
-        }
-        let other = Codec::default()
-            .with_encryption(crate::Encryption::Key(EncryptionKey::generate()))
-            .with_allow_unencrypted(true);
-        let err = other
-            .get_sealed(&store, &sealed, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
-        // Without encryption the setting changes nothing.
-        Codec::default()
-            .get_sealed(&store, &path, &mut Vec::new())
-            .await
-            .unwrap();
-    }
-
-    #[tokio::test]
-    async fn zstd_sealed_objects_are_plain_zstd_files() {
-        let store = mem();
-        let path = Path::from("s");
-        let data = data();
-        Codec::default()
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap();
-        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
-        // A zstd decoder skips the seal (a skippable frame).
-        let mut decoder = ZstdDecoder::new(&stored[..]);
-        decoder.multiple_members(true);
-        let mut out = Vec::new();
-        decoder.read_to_end(&mut out).await.unwrap();
-        assert_eq!(out, data);
-    }
-
-    #[tokio::test]
-    async fn any_damage_is_detected_and_named() {
-        let store = mem();
-        let codec = Codec::default();
-        let path = Path::from("wal/00000001.history");
-        let data = data();
-        codec
-            .put_sealed(&store, &path, &data[..], 1 << 24)
-            .await
-            .unwrap();
-        let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
-        let seal_len = u32::from_le_bytes(stored[4..8].try_into().unwrap()) as usize;
-        // The magic, bytes of the seal's JSON, of the content.
-        let spots = [0, 12, 8 + seal_len / 2, 8 + seal_len - 2];
-        for at in spots
-            .into_iter()
-            .chain([stored.len() / 2, stored.len() - 1])
-        {
-            let mut bad = stored.to_vec();
-            bad[at] ^= 0x04;
-            store.put(&path, bad.into()).await.unwrap();
-            let err = codec
-                .get_sealed(&store, &path, &mut Vec::new())
-                .await
-                .unwrap_err();
-            assert!(
-                matches!(&err, Error::DigestMismatch { path: p, .. } | Error::Corrupt { path: p, .. } if p == "wal/00000001.history"),
-                "flip at {at}: {err:?}"
-            );
-            // A damaged existing object fails a re-push too.
-            let err = codec
-                .put_sealed(&store, &path, &data[..], 1 << 24)
-                .await
-                .unwrap_err();
-            assert!(!err.is_retryable(), "{err:?}");
-        }
-        // Truncated, and moved to another name.
-        store.put(&path, stored.slice(..5).into()).await.unwrap();
-        let err = codec
-            .get_sealed(&store, &path, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-        let moved = Path::from("wal/00000002.history");
-        store.put(&moved, stored.clone().into()).await.unwrap();
-        let err = codec
-            .get_sealed(&store, &moved, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("copied or renamed"), "{err}");
-        // Not sealed at all; absent.
-        store.put(&moved, b"plain".to_vec().into()).await.unwrap();
-        let err = codec
-            .get_sealed(&store, &moved, &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
-        let err = codec
-            .get_sealed(&store, &Path::from("none"), &mut Vec::new())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
-    }
-
-    #[tokio::test]
-    async fn size_limit() {
-        let store = mem();
-        let err = Codec::default()
-            .put_sealed(&store, &Path::from("big"), &data()[..], 1000)
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("limit of 1000 bytes"), "{err}");
-        assert!(
-            store.head(&Path::from("big")).await.is_err(),
-            "nothing written"
-        );
-    }
-
-    #[tokio::test]
-    async fn local_filesystem_creates_once() {
-        // `LocalFileSystem` implements create-if-absent with a hard link.
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn ObjectStore> =
-            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        let path = Path::from("wal/00000001/000000010000000000000002.zst");
-        let codec = Codec::default();
-        let put = codec
-            .put_sealed(&store, &path, &b"segment"[..], 100)
-            .await
-            .unwrap();
-        assert!(matches!(put, SealedPut::Created(_)));
-        let put = codec
-            .put_sealed(&store, &path, &b"other"[..], 100)
-            .await
-            .unwrap();
-        assert!(matches!(put, SealedPut::Exists { ours, existing } if ours != existing));
-    }
-}
+mod tests;

@@ -18,6 +18,7 @@ crate::conformance!(
     codec_encrypted_roundtrip_and_failures,
     codec_encrypted_64_mib_multipart,
     codec_unencrypted_sealed_objects_need_the_opt_in,
+    codec_encrypted_seal_moved_to_another_path_is_refused,
 );
 
 async fn roundtrip(codec: &Codec, store: &Arc<dyn ObjectStore>, path: &str, seed: u64, len: u64) {
@@ -331,6 +332,53 @@ async fn codec_unencrypted_sealed_objects_need_the_opt_in(b: &Backend) {
         .await
         .unwrap();
     assert_eq!(out.hex(), pattern_digest(8, len).await);
+}
+
+/// An encrypted history file copied under another timeline's name, with
+/// the path in its seal rewritten to match (what someone who can write to
+/// the bucket, without the key, can do): refused as not authenticated,
+/// naming the object, before anything is written.
+async fn codec_encrypted_seal_moved_to_another_path_is_refused(b: &Backend) {
+    let key = EncryptionKey::generate();
+    let keyed = Store::open(&b.config.clone().with_encryption_key(key)).unwrap();
+    let store = keyed.object_store();
+    let path = Path::from("wal/00000002.history");
+    let history = &b"1\t0/3000000\tno recovery target specified\n"[..];
+    let put = keyed
+        .codec()
+        .put_sealed(store, &path, history, 1 << 20)
+        .await
+        .unwrap();
+    assert!(matches!(put, SealedPut::Created(_)), "{put:?}");
+    let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+    let mut out = Vec::new();
+    keyed
+        .codec()
+        .get_sealed(store, &path, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(out, history);
+
+    // The seal's JSON holds the path once; the new one has its length.
+    let moved = Path::from("wal/00000003.history");
+    let name = path.as_ref().as_bytes();
+    let mut found = stored.windows(name.len()).enumerate();
+    let at = found.find(|(_, w)| *w == name).unwrap().0;
+    assert!(found.all(|(_, w)| w != name), "the path once");
+    let mut forged = stored.to_vec();
+    forged[at..at + moved.as_ref().len()].copy_from_slice(moved.as_ref().as_bytes());
+    store.put(&moved, forged.into()).await.unwrap();
+    let mut out = Vec::new();
+    let err = keyed
+        .codec()
+        .get_sealed(store, &moved, &mut out)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Unauthenticated { path, other_key: None, .. } if path == moved.as_ref()),
+        "{err:?}"
+    );
+    assert!(out.is_empty(), "nothing of it written");
 }
 
 /// Peak memory stays bounded for a 1 GiB object. Run alone, it is the only
