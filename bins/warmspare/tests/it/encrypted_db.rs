@@ -11,7 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use warmspare_testkit::PostgresCluster;
 
-use crate::{Run, file_url, warmspare};
+use crate::{Run, error_line, file_url, warmspare};
 
 const KEY: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const OTHER_KEY: &str = "0f0e0d0c0b0a09080706050403020100f0e0d0c0b0a090807060504030201000";
@@ -78,17 +78,6 @@ impl Setup {
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.stdout))
-}
-
-/// The only `error:` line of a run.
-fn error_line(run: &Run) -> &str {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
-    errors[0]
 }
 
 /// `snapshots/<id>/MANIFEST.json` under the repository directory.

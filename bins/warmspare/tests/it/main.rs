@@ -30,6 +30,17 @@ struct Run {
     stderr: String,
 }
 
+/// The only `error:` line of a run (the CLI prints exactly one on failure).
+pub(crate) fn error_line(run: &Run) -> &str {
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
+    errors[0]
+}
+
 impl Run {
     /// stdout and stderr together, for "never printed" assertions.
     fn all_output(&self) -> String {

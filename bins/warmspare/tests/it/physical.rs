@@ -9,7 +9,7 @@ use serde_json::Value;
 use warmspare_testkit::PostgresCluster;
 
 use crate::wal::{Archive, eventually, switch_and_wait_archived};
-use crate::{Run, warmspare};
+use crate::{Run, error_line, warmspare};
 
 /// A configuration beside the archive's (readable by the server's user,
 /// as `restore_command` needs) that also names the sites.
@@ -34,16 +34,6 @@ async fn expect(config: &Path, code: i32, args: &[&str]) -> Run {
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.stdout))
-}
-
-fn error_line(run: &Run) -> &str {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
-    errors[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use warmspare_store::object_store::{ObjectStoreExt, path::Path as ObjectPath};
 use warmspare_testkit::{PostgresCluster, S3Server};
 
 use crate::check::closed_port;
-use crate::{Run, file_url, warmspare};
+use crate::{Run, error_line, file_url, warmspare};
 
 /// Several schemas, bytea, jsonb, arrays, numerics and a sequence with state.
 const SHOP_SQL: &str = "
@@ -178,17 +178,6 @@ async fn next_second_after(id: &str) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-}
-
-/// The last stderr line, which must be the only `error:` line.
-fn error_line(run: &Run) -> &str {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
-    errors[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use crate::{Run, file_url, warmspare};
+use crate::{Run, error_line, file_url, warmspare};
 
 const KEY: &str = "8f1e2d3c4b5a69788796a5b4c3d2e1f000112233445566778899aabbccddeeff";
 const SEGMENT: &str = "000000010000000000000009";
@@ -32,17 +32,6 @@ async fn run(dir: &Path, cwd: &Path, args: &[&str]) -> Run {
     run.assert_no_panic();
     assert!(!run.all_output().contains(KEY), "the key was printed");
     run
-}
-
-/// The only `error:` line of a run.
-fn error_line(run: &Run) -> &str {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
-    errors[0]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

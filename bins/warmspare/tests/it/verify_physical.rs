@@ -24,7 +24,7 @@ use warmspare_store::object_store::{ObjectStore, ObjectStoreExt as _};
 use warmspare_testkit::{PostgresCluster, postgres_scratch_dir};
 
 use crate::wal::{Archive, switch_and_wait_archived};
-use crate::{Run, warmspare};
+use crate::{Run, error_line, warmspare};
 
 async fn cli(archive: &Archive, code: i32, args: &[&str]) -> Run {
     let mut all = vec![
@@ -41,16 +41,6 @@ async fn cli(archive: &Archive, code: i32, args: &[&str]) -> Run {
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.stdout))
-}
-
-fn error_line(run: &Run) -> &str {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "one error line expected:\n{}", run.stderr);
-    errors[0]
 }
 
 async fn backup(archive: &Archive, primary: &PostgresCluster) -> PhysicalBackup {
