@@ -10,32 +10,17 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use time::OffsetDateTime;
 use warmspare_snapshot::physical::{
-    PhysicalBackupOptions, PhysicalRestoreOptions, PhysicalVerifyOptions, RecoveryTarget,
-    verify_deep_physical, verify_wal,
+    PhysicalRestoreOptions, PhysicalVerifyOptions, RecoveryTarget, verify_deep_physical, verify_wal,
 };
+use warmspare_snapshot::restore_physical;
 use warmspare_snapshot::wal::WalFileName;
-use warmspare_snapshot::{PhysicalBackup, backup_physical, restore_physical};
 use warmspare_store::object_store::ObjectStoreExt as _;
 use warmspare_store::object_store::path::Path as ObjectPath;
 use warmspare_testkit::{PostgresCluster, postgres_scratch_dir};
 
 use crate::wal::{Archive, eventually, switch_and_wait_archived};
 use crate::{Run, warmspare};
-
-async fn backup(archive: &Archive, pg: &PostgresCluster) -> PhysicalBackup {
-    backup_physical(
-        &archive.repo,
-        &pg.url(),
-        &PhysicalBackupOptions::default(),
-        None,
-        OffsetDateTime::now_utc(),
-        None,
-    )
-    .await
-    .expect("physical backup")
-}
 
 async fn exists(archive: &Archive, object: &str) -> bool {
     archive
@@ -123,7 +108,7 @@ async fn deep_verify_replays_a_snapshot_taken_on_a_promoted_timeline() {
         )
         .await
         .expect("table");
-    let a = backup(&archive, &primary).await;
+    let a = archive.physical_backup(&primary).await;
     assert_eq!((a.meta.timeline, a.meta.stop_timeline), (1, 1));
 
     // A standby fed only from the repository, restored from snapshot A; it
@@ -167,7 +152,7 @@ async fn deep_verify_replays_a_snapshot_taken_on_a_promoted_timeline() {
         .await
         .expect("insert on timeline 2");
 
-    let b = backup(&archive, &promoted).await;
+    let b = archive.physical_backup(&promoted).await;
     assert_eq!(
         (b.meta.timeline, b.meta.stop_timeline),
         (2, 2),

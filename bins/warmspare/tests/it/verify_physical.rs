@@ -8,16 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use warmspare_snapshot::physical::{
-    PhysicalBackupOptions, PhysicalRestoreOptions, PhysicalVerifyOptions, verify_deep_physical,
-    verify_wal,
+    PhysicalRestoreOptions, PhysicalVerifyOptions, verify_deep_physical, verify_wal,
 };
 use warmspare_snapshot::wal::WalFileName;
-use warmspare_snapshot::{
-    Error, Event, PhysicalBackup, PhysicalVerifyStep, backup_physical, restore_physical,
-};
+use warmspare_snapshot::{Error, Event, PhysicalBackup, PhysicalVerifyStep, restore_physical};
 use warmspare_store::Repository;
 use warmspare_store::object_store::path::Path as ObjectPath;
 use warmspare_store::object_store::{ObjectStore, ObjectStoreExt as _};
@@ -41,19 +37,6 @@ async fn cli(archive: &Archive, code: i32, args: &[&str]) -> Run {
 fn json(run: &Run) -> Value {
     serde_json::from_str(&run.stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", run.stdout))
-}
-
-async fn backup(archive: &Archive, primary: &PostgresCluster) -> PhysicalBackup {
-    backup_physical(
-        &archive.repo,
-        &primary.url(),
-        &PhysicalBackupOptions::default(),
-        None,
-        OffsetDateTime::now_utc(),
-        None,
-    )
-    .await
-    .expect("physical backup")
 }
 
 fn options(primary: &PostgresCluster, parent: &Path) -> PhysicalVerifyOptions {
@@ -127,7 +110,7 @@ async fn deep_verify(archive: &Archive) {
         .psql("CREATE TABLE notes (id int PRIMARY KEY); INSERT INTO notes SELECT generate_series(1, 7)")
         .await
         .expect("notes");
-    let backup = backup(archive, &primary).await;
+    let backup = archive.physical_backup(&primary).await;
     // Written after the snapshot: the copy stops at the snapshot's end.
     primary
         .psql("INSERT INTO notes VALUES (8)")
@@ -195,7 +178,7 @@ async fn corrupt_or_missing_objects_are_named_and_never_restored() {
         .psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 100)")
         .await
         .expect("table");
-    let backup = backup(&archive, &primary).await;
+    let backup = archive.physical_backup(&primary).await;
     let id = backup.manifest.id.to_string();
     let wal_object = start_wal_object(&backup);
     let base_object = format!("snapshots/{id}/base.tar");
@@ -389,7 +372,7 @@ async fn amcheck_finds_an_index_that_lacks_heap_tuples() {
     ] {
         primary.psql(sql).await.expect(sql);
     }
-    let backup = backup(&archive, &primary).await;
+    let backup = archive.physical_backup(&primary).await;
     let parent = postgres_scratch_dir().expect("scratch dir");
     let err = verify_deep_physical(
         &archive.repo,

@@ -27,6 +27,23 @@ pub(crate) struct Archive {
 }
 
 impl Archive {
+    /// A physical backup of `pg` into this archive, with the defaults.
+    pub(crate) async fn physical_backup(
+        &self,
+        pg: &PostgresCluster,
+    ) -> warmspare_snapshot::physical::PhysicalBackup {
+        backup_physical(
+            &self.repo,
+            &pg.url(),
+            &PhysicalBackupOptions::default(),
+            None,
+            OffsetDateTime::now_utc(),
+            None,
+        )
+        .await
+        .expect("physical backup")
+    }
+
     /// The filesystem archive, then an S3 one when an S3 server is
     /// installed.
     pub(crate) async fn all(test: &str) -> Vec<Archive> {
