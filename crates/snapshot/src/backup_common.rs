@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use time::OffsetDateTime;
-use tokio::process::ChildStdout;
+use tokio::process::{ChildStdin, ChildStdout};
 use warmspare_store::object_store::ObjectStoreExt;
 use warmspare_store::{Manifest, Repository, SnapshotKind, SnapshotWriter, layout};
 
@@ -163,6 +163,22 @@ pub(crate) fn check_tool_for_server(
         });
     }
     Ok(())
+}
+
+/// The standard input of `running` (a `tool` started with it piped); the
+/// program is killed if it has none.
+pub(crate) async fn stdin_of(mut running: Running, tool: Tool) -> Result<(Running, ChildStdin)> {
+    match running.child_mut().stdin.take() {
+        Some(stdin) => Ok((running, stdin)),
+        None => {
+            running.kill().await;
+            Err(Error::ToolIo {
+                tool: tool.name(),
+                context: "no input pipe to",
+                source: std::io::Error::other("stdin not captured"),
+            })
+        }
+    }
 }
 
 /// The standard output of `running` (a `tool` started with it piped); the

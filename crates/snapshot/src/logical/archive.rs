@@ -144,19 +144,18 @@ impl<R: AsyncRead + Unpin> Archive<R> {
         }
         input.int_size = int_size;
         let format = input.byte().await?;
-        let mut header = Header {
-            version,
-            int_size,
-            offset_size,
-            format,
-            compression: 0,
-            database: None,
-            server_version: None,
-            dump_version: None,
-        };
         let mut archive = Self {
             input,
-            header: header.clone(),
+            header: Header {
+                version,
+                int_size,
+                offset_size,
+                format,
+                compression: 0,
+                database: None,
+                server_version: None,
+                dump_version: None,
+            },
             toc: Vec::new(),
             remaining: 0,
         };
@@ -165,7 +164,7 @@ impl<R: AsyncRead + Unpin> Archive<R> {
             // format: its layout may differ from here on.
             return Ok(archive);
         }
-        let input = &mut archive.input;
+        let (input, header) = (&mut archive.input, &mut archive.header);
         header.compression = if version >= (1, 15, 0) {
             i64::from(input.byte().await?)
         } else {
@@ -177,7 +176,6 @@ impl<R: AsyncRead + Unpin> Archive<R> {
         header.database = input.string().await?;
         header.server_version = input.string().await?;
         header.dump_version = input.string().await?;
-        archive.header = header;
 
         let count = archive.input.int().await?;
         if count < 0 {

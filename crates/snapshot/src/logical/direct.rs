@@ -53,6 +53,10 @@ pub(super) enum Outcome {
         size: u64,
         /// Rows stored per table.
         rows: LoadedRows,
+        /// The dump ids of the privilege entries (`ACL`, `DEFAULT ACL`),
+        /// to apply last (read from the table of contents here, so that
+        /// no `pg_restore --list` has to read it again).
+        privileges: Vec<i64>,
     },
     /// The archive is not one read here; nothing was written.
     Unsupported,
@@ -92,19 +96,26 @@ pub(super) async fn load_data(
                 Err(_) => return Ok(None),
             },
         };
+        let privileges = archive
+            .toc
+            .iter()
+            .filter(|e| matches!(e.desc.as_deref(), Some("ACL" | "DEFAULT ACL")))
+            .map(|e| e.dump_id)
+            .collect();
         run_loader(staging, options, jobs, async |control, tx| {
             dispatch(&mut archive, &plan, control, staging, tx, &bad).await
         })
         .await
-        .map(Some)
+        .map(|rows| Some((rows, privileges)))
     };
     let (fed, loaded) = tokio::join!(feed, load);
     match (fed, loaded) {
         // Only the table of contents was read.
         (_, Ok(None)) => Ok(Outcome::Unsupported),
-        (Ok(info), Ok(Some(rows))) => Ok(Outcome::Loaded {
+        (Ok(info), Ok(Some((rows, privileges)))) => Ok(Outcome::Loaded {
             size: info.size,
             rows,
+            privileges,
         }),
         (Ok(_), Err(e)) => Err(e),
         // The loader stopped reading: its error, unless the dump does not

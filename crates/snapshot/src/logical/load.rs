@@ -50,6 +50,7 @@ use warmspare_store::{Check, Manifest, Repository};
 use super::direct;
 use super::restore::{corrupt_or, feed_dump};
 use super::{LogicalMeta, RestoreOptions};
+use crate::backup_common::{stdin_of, stdout_of};
 use crate::error::{Error, Result};
 use crate::event::Event;
 use crate::pg::Target;
@@ -101,12 +102,19 @@ pub(super) async fn restore_parallel(
     feed_section(repo, manifest, meta, tools, pre, &scrub, None).await?;
 
     let jobs = options.jobs.max(1) as usize;
-    let (size, rows) =
+    let (size, rows, acl_entries) =
         match direct::load_data(repo, manifest, meta, staging, options, jobs, emit).await? {
-            direct::Outcome::Loaded { size, rows } => (size, rows),
+            direct::Outcome::Loaded {
+                size,
+                rows,
+                privileges,
+            } => (size, rows, Some(privileges)),
             direct::Outcome::Unsupported => {
-                data_through_pg_restore(repo, manifest, meta, tools, staging, options, jobs, emit)
-                    .await?
+                let (size, rows) = data_through_pg_restore(
+                    repo, manifest, meta, tools, staging, options, jobs, emit,
+                )
+                .await?;
+                (size, rows, None)
             }
         };
 
@@ -126,7 +134,17 @@ pub(super) async fn restore_parallel(
     let (post, ()) = tokio::join!(post, flush);
     post?;
     if privileges {
-        restore_privileges(repo, manifest, meta, tools, options, &base, &scrub).await?;
+        restore_privileges(
+            repo,
+            manifest,
+            meta,
+            tools,
+            options,
+            acl_entries,
+            &base,
+            &scrub,
+        )
+        .await?;
     }
     Ok((size, rows))
 }
@@ -151,18 +169,9 @@ async fn data_through_pg_restore(
         .arg("--file=-")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped());
-    let mut running = tools.spawn(Tool::PgRestore, data)?;
-    let (Some(stdin), Some(stdout)) = (
-        running.child_mut().stdin.take(),
-        running.child_mut().stdout.take(),
-    ) else {
-        running.kill().await;
-        return Err(Error::ToolIo {
-            tool: "pg_restore",
-            context: "no pipes to",
-            source: std::io::Error::other("stdin or stdout not captured"),
-        });
-    };
+    let running = tools.spawn(Tool::PgRestore, data)?;
+    let (running, stdin) = stdin_of(running, Tool::PgRestore).await?;
+    let (running, stdout) = stdout_of(running, Tool::PgRestore).await?;
     // Larger pipes: fewer reads, writes and wake-ups for the whole dump
     // passing through (best effort; 64 KiB otherwise).
     #[cfg(target_os = "linux")]
@@ -215,27 +224,37 @@ async fn data_through_pg_restore(
 }
 
 /// Applies the dump's privileges (`ACL` and `DEFAULT ACL` entries of its
-/// table of contents, listed with `pg_restore --list`) with
-/// `pg_restore --use-list`; both read only the table of contents.
+/// table of contents) with `pg_restore --use-list`, which reads only the
+/// table of contents. `known`: their dump ids, when the archive reader
+/// already found them; else they are listed with `pg_restore --list`.
+#[allow(clippy::too_many_arguments)]
 async fn restore_privileges(
     repo: &Repository,
     manifest: &Manifest,
     meta: &LogicalMeta,
     tools: &Tools,
     options: &RestoreOptions,
+    known: Option<Vec<i64>>,
     base: &impl Fn() -> tokio::process::Command,
     scrub: &(dyn Fn(String) -> String + Sync),
 ) -> Result<()> {
     let mut entries = String::new();
-    let mut listing = tools.command(Tool::PgRestore);
-    listing.arg("--list");
-    let mut keep = |line: &str| {
-        if is_privilege_entry(line) {
-            entries.push_str(line);
-            entries.push('\n');
+    if let Some(ids) = known {
+        // `pg_restore --use-list` reads the id before each line's `;`.
+        for id in ids {
+            entries.push_str(&format!("{id};\n"));
         }
-    };
-    feed_section(repo, manifest, meta, tools, listing, scrub, Some(&mut keep)).await?;
+    } else {
+        let mut listing = tools.command(Tool::PgRestore);
+        listing.arg("--list");
+        let mut keep = |line: &str| {
+            if is_privilege_entry(line) {
+                entries.push_str(line);
+                entries.push('\n');
+            }
+        };
+        feed_section(repo, manifest, meta, tools, listing, scrub, Some(&mut keep)).await?;
+    }
     if entries.is_empty() {
         return Ok(());
     }
@@ -288,14 +307,7 @@ async fn feed_section(
     }
     let mut running = tools.spawn(Tool::PgRestore, command)?;
     let stdout = running.child_mut().stdout.take();
-    let Some(stdin) = running.child_mut().stdin.take() else {
-        running.kill().await;
-        return Err(Error::ToolIo {
-            tool: "pg_restore",
-            context: "no input pipe to",
-            source: std::io::Error::other("stdin not captured"),
-        });
-    };
+    let (running, stdin) = stdin_of(running, Tool::PgRestore).await?;
     let read = async {
         let (Some(lines), Some(stdout)) = (lines, stdout) else {
             return Ok(());

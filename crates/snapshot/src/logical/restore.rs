@@ -15,6 +15,7 @@ use warmspare_store::{Check, Manifest, Repository, SnapshotId, SnapshotKind};
 use super::globals::{self, GlobalsReport};
 use super::load::{self, LoadedRows};
 use super::{LogicalMeta, RestoreOptions};
+use crate::backup_common::stdin_of;
 use crate::error::{Error, Result, RowCountMismatch};
 use crate::event::{Event, ProgressFn, RestoreStep};
 use crate::pg::{
@@ -372,11 +373,7 @@ async fn apply(
         // from the load there is no counting to overlap, and a checkpoint
         // more would only come before the drop's own. Best effort: a role
         // without the right to CHECKPOINT just skips it.
-        let counting = loaded.as_ref().is_none_or(|known| {
-            expected
-                .iter()
-                .any(|t| !known.contains_key(&(t.schema.clone(), t.table.clone())))
-        });
+        let counting = !expected.iter().all(|t| is_loaded(t, loaded.as_ref()));
         let admin = &mut p.admin;
         let flush = async move {
             if drop_follows && counting {
@@ -540,15 +537,8 @@ async fn restore_dump_ordered(
     }
     if options.jobs <= 1 {
         command.stdin(Stdio::piped());
-        let mut running = tools.spawn(Tool::PgRestore, command)?;
-        let Some(stdin) = running.child_mut().stdin.take() else {
-            running.kill().await;
-            return Err(Error::ToolIo {
-                tool: "pg_restore",
-                context: "no input pipe to",
-                source: std::io::Error::other("stdin not captured"),
-            });
-        };
+        let running = tools.spawn(Tool::PgRestore, command)?;
+        let (running, stdin) = stdin_of(running, Tool::PgRestore).await?;
         let fed = feed_dump(repo, manifest, meta, stdin, Some(&bytes), Check::Stored).await;
         match fed {
             Ok(info) => {
@@ -702,6 +692,11 @@ pub(super) async fn check_row_counts(
 /// table came through them, and the constraints and triggers that could
 /// change that are only created afterwards. Tables not among them are
 /// counted with SQL.
+/// Whether the load counted `table`'s rows (then no `count(*)` is needed).
+fn is_loaded(table: &TableRows, known: Option<&LoadedRows>) -> bool {
+    known.is_some_and(|k| k.contains_key(&(table.schema.clone(), table.table.clone())))
+}
+
 async fn check_row_counts_known(
     staging: &Target,
     staging_name: &str,
@@ -709,8 +704,7 @@ async fn check_row_counts_known(
     known: Option<&LoadedRows>,
     options: &RestoreOptions,
 ) -> Result<usize> {
-    let is_known =
-        |t: &TableRows| known.is_some_and(|k| k.contains_key(&(t.schema.clone(), t.table.clone())));
+    let is_known = |t: &TableRows| is_loaded(t, known);
     let mut counted = Vec::new();
     if !expected.iter().all(is_known) {
         let mut conn = staging.connect(options.connect_timeout).await?;
