@@ -157,7 +157,7 @@ impl Codec {
     }
 
     /// The key to write with, or the refusal to write without one.
-    fn write_key(&self, path: &str) -> Result<Option<&EncryptionKey>> {
+    pub(crate) fn write_key(&self, path: &str) -> Result<Option<&EncryptionKey>> {
         match &self.encryption {
             Encryption::Off => Ok(None),
             Encryption::Key(key) => Ok(Some(key)),
@@ -293,7 +293,7 @@ impl Codec {
         let reading = Reading {
             name,
             expected,
-            encryption: &self.encryption,
+            key: read_key(name, expected, &self.encryption)?,
             check,
         };
         reading.decode(stream, writer, progress).await
@@ -357,28 +357,6 @@ fn read_key<'a>(
     }
 }
 
-/// Decodes a stored object's byte stream into `writer`, checking it against
-/// `expected` (see [`Codec::get`]).
-async fn decode_verified<W>(
-    name: &str,
-    stream: BoxStream<'static, object_store::Result<Bytes>>,
-    expected: &ObjectInfo,
-    encryption: &Encryption,
-    writer: &mut W,
-    progress: Option<Progress<'_>>,
-) -> Result<()>
-where
-    W: AsyncWrite + Unpin + Send + ?Sized,
-{
-    let reading = Reading {
-        name,
-        expected,
-        encryption,
-        check: Check::Full,
-    };
-    reading.decode(stream, writer, progress).await
-}
-
 /// How much a read of a data object checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -397,11 +375,12 @@ pub enum Check {
     Stored,
 }
 
-/// One object being read and checked.
+/// One object being read and checked: `expected` as recorded, `key` what
+/// [`read_key`] resolved for it.
 struct Reading<'a> {
     name: &'a str,
     expected: &'a ObjectInfo,
-    encryption: &'a Encryption,
+    key: Option<&'a EncryptionKey>,
     check: Check,
 }
 
@@ -418,10 +397,9 @@ impl Reading<'_> {
         let Self {
             name,
             expected,
-            encryption,
+            key,
             check,
         } = *self;
-        let key = read_key(name, expected, encryption)?;
         let mut decoder = Decoder::new(expected.compression, key, StoredReader::new(stream));
         let mut content = Sha256::new();
         let mut size = 0u64;

@@ -37,8 +37,9 @@
 //!   authenticated manifest that names it (digests and key id); a sealed
 //!   object (WAL, inventory) by its encryption, and to its name by its
 //!   seal's MAC (the encryption does not bind the path; `codec/sealed.rs`),
-//!   so a reader with a key refuses one that is not encrypted ([`Error::Unencrypted`]) unless
-//!   the repository allows objects from before encryption was turned on
+//!   so a reader with a key refuses one that is not encrypted
+//!   ([`Error::Unencrypted`]) unless the repository allows objects from
+//!   before encryption was turned on
 //!   ([`crate::StoreConfig::allow_unencrypted`]).
 //!
 //! Not encrypted: manifests, `FORMAT`, the lease and the recorded sizes and

@@ -170,10 +170,8 @@ pub(crate) struct Frame<'a> {
 pub(crate) fn split<'a>(kind: &str, bytes: &'a [u8]) -> Option<Frame<'a>> {
     let (mac, rest) = match bytes.strip_prefix(SEALED_HEAD) {
         Some(rest) => {
-            let (key_id, rest) = take_hex(rest, KEY_ID_HEX)?;
-            let rest = rest.strip_prefix(b":")?;
-            let (tag, rest) = take_hex(rest, TAG_HEX)?;
-            (Some((key_id, tag)), rest.strip_prefix(SEALED_DIGEST)?)
+            let (mac, rest) = take_mac(rest)?;
+            (Some(mac), rest.strip_prefix(SEALED_DIGEST)?)
         }
         None => (None, bytes.strip_prefix(PLAIN_HEAD)?),
     };
@@ -241,13 +239,9 @@ pub(crate) fn verify_mac_text(
     let parsed = text
         .strip_prefix(MAC_SCHEME)
         .and_then(|rest| rest.strip_prefix(':'))
-        .and_then(|rest| take_hex(rest.as_bytes(), KEY_ID_HEX))
-        .and_then(|(key_id, rest)| Some((key_id, rest.strip_prefix(b":")?)))
-        .and_then(|(key_id, rest)| {
-            let (tag, rest) = take_hex(rest, TAG_HEX)?;
-            rest.is_empty().then_some((key_id, tag))
-        });
-    let Some((key_id, tag)) = parsed else {
+        .and_then(|rest| take_mac(rest.as_bytes()))
+        .filter(|(_, rest)| rest.is_empty());
+    let Some(((key_id, tag), _)) = parsed else {
         return Err(Error::Unauthenticated {
             path: path.to_string(),
             reason: "malformed MAC".into(),
@@ -323,6 +317,15 @@ fn mac(key: &EncryptionKey, kind: &str, path: &str, body: &[u8]) -> Result<Hmac<
     }
     mac.update(body);
     Ok(mac)
+}
+
+/// `<key id>:<tag>` (the MAC after its scheme) at the start of `bytes`,
+/// and the rest.
+fn take_mac(bytes: &[u8]) -> Option<((&str, &str), &[u8])> {
+    let (key_id, rest) = take_hex(bytes, KEY_ID_HEX)?;
+    let rest = rest.strip_prefix(b":")?;
+    let (tag, rest) = take_hex(rest, TAG_HEX)?;
+    Some(((key_id, tag), rest))
 }
 
 /// `n` lowercase hex digits at the start of `bytes`, and the rest.

@@ -26,7 +26,7 @@ use time::OffsetDateTime;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::codec::{Check, ObjectInfo, Progress};
-use crate::crypto::{Encryption, EncryptionKey};
+use crate::crypto::EncryptionKey;
 use crate::error::{Error, Result};
 use crate::id::SnapshotId;
 use crate::layout;
@@ -266,15 +266,10 @@ impl Repository {
     }
 
     /// The key records are written with: the store's key, none without
-    /// encryption, and a refusal when its key was not loaded.
+    /// encryption, and a refusal when its key was not loaded (as for data
+    /// objects).
     fn write_key(&self, path: &Path) -> Result<Option<&EncryptionKey>> {
-        match self.store.codec().encryption() {
-            Encryption::KeyNotLoaded { source } => Err(Error::KeyNotLoaded {
-                path: path.to_string(),
-                source_name: source.clone(),
-            }),
-            encryption => Ok(encryption.key()),
-        }
+        self.store.codec().write_key(path.as_ref())
     }
 
     async fn read_small(&self, path: &Path) -> Result<bytes::Bytes> {

@@ -66,7 +66,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{
-    Codec, Compression, Encoder, ObjectInfo, READ_BUFFER, decode_verified, download, read_key,
+    Check, Codec, Compression, Encoder, ObjectInfo, READ_BUFFER, Reading, download, read_key,
 };
 use crate::crypto::EncryptionKey;
 use crate::error::{Error, Result};
@@ -267,27 +267,33 @@ impl Codec {
                 seal.path
             )));
         }
-        match (&seal.info.encryption_key_id, &seal.mac) {
+        // A missing or another key fails here, as for any encrypted object,
+        // before the MAC that it could not check. The key is `Some` exactly
+        // when the seal records one.
+        let key = read_key(name, &seal.info, &self.encryption)?;
+        match (key, seal.mac.as_deref()) {
             (None, None) => self.check_unencrypted(name)?,
             (None, Some(_)) => {
                 return Err(corrupt(
                     "its seal carries a MAC but records no encryption key".into(),
                 ));
             }
-            // A missing or another key fails here, as for any encrypted
-            // object, before the MAC that it could not check.
-            (Some(_), mac) => {
-                if let Some(key) = read_key(name, &seal.info, &self.encryption)? {
-                    let mac = mac.as_deref().ok_or_else(|| record::no_mac(name))?;
-                    let body = mac_body(seal.sealed, &seal.info);
-                    record::verify_mac_text(key, mac, SEAL_KIND, name, &body)?;
-                }
+            (Some(key), mac) => {
+                let mac = mac.ok_or_else(|| record::no_mac(name))?;
+                let body = mac_body(seal.sealed, &seal.info);
+                record::verify_mac_text(key, mac, SEAL_KIND, name, &body)?;
             }
         }
         let stream = futures::stream::once(std::future::ready(Ok(rest)))
             .chain(stream)
             .boxed();
-        decode_verified(name, stream, &seal.info, &self.encryption, writer, None).await?;
+        let reading = Reading {
+            name,
+            expected: &seal.info,
+            key,
+            check: Check::Full,
+        };
+        reading.decode(stream, writer, None).await?;
         Ok(seal.info)
     }
 

@@ -15,6 +15,46 @@ fn data() -> Vec<u8> {
         .collect()
 }
 
+/// Writes `data` at `path` with `codec`, which must create the object.
+async fn created(
+    codec: &Codec,
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    data: &[u8],
+) -> ObjectInfo {
+    let put = codec.put_sealed(store, path, data, 1 << 24).await.unwrap();
+    let SealedPut::Created(info) = put else {
+        panic!("not created")
+    };
+    info
+}
+
+/// Writes `data` at `path` with `codec` where an object already is:
+/// `(ours, existing)`.
+async fn exists(
+    codec: &Codec,
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    data: &[u8],
+) -> (ObjectInfo, ObjectInfo) {
+    let put = codec.put_sealed(store, path, data, 1 << 24).await.unwrap();
+    let SealedPut::Exists { ours, existing } = put else {
+        panic!("{put:?}")
+    };
+    (ours, existing)
+}
+
+/// Reads `path` with `codec`: the seal's info and the content.
+async fn read(codec: &Codec, store: &Arc<dyn ObjectStore>, path: &Path) -> (ObjectInfo, Vec<u8>) {
+    let mut out = Vec::new();
+    let info = codec.get_sealed(store, path, &mut out).await.unwrap();
+    (info, out)
+}
+
+async fn stored(store: &Arc<dyn ObjectStore>, path: &Path) -> Bytes {
+    store.get(path).await.unwrap().bytes().await.unwrap()
+}
+
 #[tokio::test]
 async fn roundtrip_and_created_once() {
     for compression in [Compression::None, Compression::Zstd] {
@@ -32,9 +72,10 @@ async fn roundtrip_and_created_once() {
         assert_eq!(info.size, data.len() as u64);
         assert_eq!(info.content_sha256, hex::encode(Sha256::digest(&data)));
         assert_eq!(info.compression, compression);
-        let mut out = Vec::new();
-        let read = codec.get_sealed(&store, &path, &mut out).await.unwrap();
-        assert_eq!((read, out), (info.clone(), data.clone()));
+        assert_eq!(
+            read(&codec, &store, &path).await,
+            (info.clone(), data.clone())
+        );
 
         // Identical content again: left alone, both infos agree.
         let again = codec
@@ -49,17 +90,10 @@ async fn roundtrip_and_created_once() {
             }
         );
         // Other content: left alone, the infos differ.
-        let other = codec
-            .put_sealed(&store, &path, &b"other"[..], 1 << 24)
-            .await
-            .unwrap();
-        let SealedPut::Exists { ours, existing } = other else {
-            panic!("{other:?}")
-        };
+        let (ours, existing) = exists(&codec, &store, &path, b"other").await;
         assert_eq!(existing, info);
         assert_ne!(ours.content_sha256, existing.content_sha256);
-        let mut out = Vec::new();
-        codec.get_sealed(&store, &path, &mut out).await.unwrap();
+        let (_, out) = read(&codec, &store, &path).await;
         assert_eq!(out, data, "never overwritten");
     }
 }
@@ -71,27 +105,12 @@ async fn encrypted_sealed_objects() {
     let store = mem();
     let path = Path::from("wal/00000001/000000010000000000000002.zst");
     let data = data();
-    let SealedPut::Created(info) = codec
-        .put_sealed(&store, &path, &data[..], 1 << 24)
-        .await
-        .unwrap()
-    else {
-        panic!("not created")
-    };
+    let info = created(&codec, &store, &path, &data).await;
     assert_eq!(info.encryption_key_id, Some(key.id()));
-    let mut out = Vec::new();
-    assert_eq!(
-        codec.get_sealed(&store, &path, &mut out).await.unwrap(),
-        info
-    );
+    let (read_info, out) = read(&codec, &store, &path).await;
+    assert_eq!(read_info, info);
     assert_eq!(out, data);
-    let again = codec
-        .put_sealed(&store, &path, &data[..], 1 << 24)
-        .await
-        .unwrap();
-    let SealedPut::Exists { ours, existing } = again else {
-        panic!("{again:?}")
-    };
+    let (ours, existing) = exists(&codec, &store, &path, &data).await;
     assert_eq!(ours.content_sha256, existing.content_sha256);
 
     let err = Codec::default()
@@ -106,14 +125,7 @@ async fn encrypted_sealed_objects() {
         .unwrap_err();
     assert!(matches!(err, Error::WrongKey { .. }), "{err:?}");
 
-    let mut stored = store
-        .get(&path)
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap()
-        .to_vec();
+    let mut stored = stored(&store, &path).await.to_vec();
     let last = stored.len() - 1;
     stored[last] ^= 1;
     store.put(&path, stored.into()).await.unwrap();
@@ -130,13 +142,7 @@ async fn unencrypted_sealed_objects_need_the_opt_in() {
     let path = Path::from("wal/00000001/000000010000000000000003.zst");
     let data = data();
     // Planted without a key (or written before encryption was on).
-    let SealedPut::Created(plain) = Codec::default()
-        .put_sealed(&store, &path, &data[..], 1 << 24)
-        .await
-        .unwrap()
-    else {
-        panic!("not created")
-    };
+    let plain = created(&Codec::default(), &store, &path, &data).await;
     assert_eq!(plain.encryption_key_id, None);
 
     let key = EncryptionKey::generate();
@@ -170,19 +176,10 @@ async fn unencrypted_sealed_objects_need_the_opt_in() {
     // With the opt-in it reads, and an identical re-push succeeds.
     let allowing = keyed.clone().with_allow_unencrypted(true);
     assert!(allowing.allows_unencrypted());
-    let mut out = Vec::new();
-    assert_eq!(
-        allowing.get_sealed(&store, &path, &mut out).await.unwrap(),
-        plain
-    );
+    let (info, out) = read(&allowing, &store, &path).await;
+    assert_eq!(info, plain);
     assert_eq!(out, data);
-    let again = allowing
-        .put_sealed(&store, &path, &data[..], 1 << 24)
-        .await
-        .unwrap();
-    let SealedPut::Exists { ours, existing } = again else {
-        panic!("{again:?}")
-    };
+    let (ours, existing) = exists(&allowing, &store, &path, &data).await;
     assert_eq!(existing, plain);
     assert_eq!(ours.content_sha256, existing.content_sha256);
     assert_eq!(ours.encryption_key_id, Some(key.id()));
@@ -195,8 +192,7 @@ async fn unencrypted_sealed_objects_need_the_opt_in() {
         .await
         .unwrap();
     for codec in [&keyed, &allowing] {
-        let mut out = Vec::new();
-        codec.get_sealed(&store, &sealed, &mut out).await.unwrap();
+        let (_, out) = read(codec, &store, &sealed).await;
         assert_eq!(out, data);
     }
     let other = Codec::default()
@@ -223,7 +219,7 @@ async fn zstd_sealed_objects_are_plain_zstd_files() {
         .put_sealed(&store, &path, &data[..], 1 << 24)
         .await
         .unwrap();
-    let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+    let stored = stored(&store, &path).await;
     // A zstd decoder skips the seal (a skippable frame).
     let mut decoder = ZstdDecoder::new(&stored[..]);
     decoder.multiple_members(true);
@@ -242,7 +238,7 @@ async fn any_damage_is_detected_and_named() {
         .put_sealed(&store, &path, &data[..], 1 << 24)
         .await
         .unwrap();
-    let stored = store.get(&path).await.unwrap().bytes().await.unwrap();
+    let stored = stored(&store, &path).await;
     let seal_len = u32::from_le_bytes(stored[4..8].try_into().unwrap()) as usize;
     // The magic, bytes of the seal's JSON, of the content.
     let spots = [0, 12, 8 + seal_len / 2, 8 + seal_len - 2];
@@ -306,10 +302,6 @@ fn keyed(key: &EncryptionKey) -> Codec {
     Codec::default().with_encryption(crate::Encryption::Key(key.clone()))
 }
 
-async fn stored(store: &Arc<dyn ObjectStore>, path: &Path) -> Bytes {
-    store.get(path).await.unwrap().bytes().await.unwrap()
-}
-
 /// The seal's JSON fields and the bytes after the seal.
 fn open_seal(stored: &[u8]) -> (Map<String, Value>, Bytes) {
     let len = u32::from_le_bytes(stored[4..8].try_into().unwrap()) as usize;
@@ -347,18 +339,9 @@ async fn encrypted_seals_carry_the_documented_mac() {
     let store = mem();
     let path = Path::from("wal/00000002.history");
     let data = data();
-    let SealedPut::Created(info) = codec
-        .put_sealed(&store, &path, &data[..], 1 << 24)
-        .await
-        .unwrap()
-    else {
-        panic!("not created")
-    };
-    let mut out = Vec::new();
-    assert_eq!(
-        codec.get_sealed(&store, &path, &mut out).await.unwrap(),
-        info
-    );
+    let info = created(&codec, &store, &path, &data).await;
+    let (read_info, out) = read(&codec, &store, &path).await;
+    assert_eq!(read_info, info);
     assert_eq!(out, data);
 
     // Recomputed from the documented recipe with the primitives alone.
@@ -401,13 +384,7 @@ async fn encrypted_seals_carry_the_documented_mac() {
 async fn plaintext_seals_are_unchanged() {
     let store = mem();
     let path = Path::from("wal/00000001/000000010000000000000005.zst");
-    let SealedPut::Created(info) = Codec::new(Compression::None)
-        .put_sealed(&store, &path, &b"segment"[..], 100)
-        .await
-        .unwrap()
-    else {
-        panic!("not created")
-    };
+    let info = created(&Codec::new(Compression::None), &store, &path, b"segment").await;
     let stored = stored(&store, &path).await;
     let len = u32::from_le_bytes(stored[4..8].try_into().unwrap()) as usize;
     let digest = hex::encode(Sha256::digest(b"segment"));
@@ -419,11 +396,7 @@ async fn plaintext_seals_are_unchanged() {
         )
     );
     assert_eq!(info.encryption_key_id, None);
-    let mut out = Vec::new();
-    Codec::default()
-        .get_sealed(&store, &path, &mut out)
-        .await
-        .unwrap();
+    let (_, out) = read(&Codec::default(), &store, &path).await;
     assert_eq!(out, b"segment");
 
     // An unencrypted seal never carries a MAC: one that does is refused
@@ -573,8 +546,7 @@ async fn altered_mac_less_and_other_key_seals_are_refused() {
 
     // Untouched, it reads.
     store.put(&path, stored.into()).await.unwrap();
-    let mut out = Vec::new();
-    codec.get_sealed(&store, &path, &mut out).await.unwrap();
+    let (_, out) = read(&codec, &store, &path).await;
     assert_eq!(out, data);
 }
 
