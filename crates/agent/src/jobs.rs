@@ -71,7 +71,7 @@ pub(crate) fn standard(
     .collect()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 enum Kind {
     Backup,
     PhysicalBackup,
@@ -194,29 +194,32 @@ impl Job for Builtin {
     }
 
     async fn run(&self, ctx: JobContext) -> Result<JobOutcome, JobError> {
-        if self.kind == Kind::Sync {
+        let env = &self.env;
+        match self.kind {
+            Kind::Backup => until_cancelled(&ctx, backup(env)).await,
+            Kind::PhysicalBackup => until_cancelled(&ctx, physical_backup(env)).await,
             // Stopped from within: it returns once the writes it started
             // into the spare's store have ended, so that the next run
             // never races a cancelled one.
-            return sync(&self.env, &ctx).await;
+            Kind::Sync => sync(env, &ctx).await,
+            Kind::Restore => until_cancelled(&ctx, restore(env)).await,
+            Kind::Verify => until_cancelled(&ctx, verify(env)).await,
+            Kind::Prune => until_cancelled(&ctx, prune(env)).await,
         }
-        let work = async {
-            match self.kind {
-                Kind::Backup => backup(&self.env).await,
-                Kind::PhysicalBackup => physical_backup(&self.env).await,
-                Kind::Sync => sync(&self.env, &ctx).await,
-                Kind::Restore => restore(&self.env).await,
-                Kind::Verify => verify(&self.env).await,
-                Kind::Prune => prune(&self.env).await,
-            }
-        };
-        // Every step of these writes commits atomically (a manifest, a
-        // point, a swap in one transaction): stopping between awaits leaves
-        // the repository and the databases valid.
-        tokio::select! {
-            result = work => result,
-            () = ctx.cancelled() => Err(JobError::Cancelled),
-        }
+    }
+}
+
+/// Runs `work` until it ends or the run is cancelled, when it is dropped.
+/// Every step of these writes commits atomically (a manifest, a point, a
+/// swap in one transaction): stopping between awaits leaves the repository
+/// and the databases valid.
+async fn until_cancelled(
+    ctx: &JobContext,
+    work: impl Future<Output = Result<JobOutcome, JobError>>,
+) -> Result<JobOutcome, JobError> {
+    tokio::select! {
+        result = work => result,
+        () = ctx.cancelled() => Err(JobError::Cancelled),
     }
 }
 

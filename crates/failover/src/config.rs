@@ -421,7 +421,7 @@ mod tests {
         p.validate().unwrap();
         assert_eq!(p.watchdog_restarts, 4);
         assert_eq!(p.watchdog_grace, Duration::from_secs(60));
-        assert_eq!(p.peer_report_max_age, Duration::from_secs(5));
+        assert_eq!(p.peer_report_max_age(), Duration::from_secs(5));
 
         let doc: Doc = toml::from_str("[failover]\nrestart_attempts = 0\n").unwrap();
         doc.failover.validate().unwrap();

@@ -244,6 +244,8 @@ async fn switchover_outcome(
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
     use super::*;
 
     #[test]
@@ -254,7 +256,6 @@ mod tests {
         failover.lease_ttl = Duration::from_secs(10);
         assert_eq!(default_wait(&failover), Duration::from_secs(640));
     }
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     /// An "agent" answering every request with `status` as its `/status`.
     async fn agent(status: serde_json::Value) -> String {

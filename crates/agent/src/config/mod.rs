@@ -756,15 +756,16 @@ mod duration {
     }
 }
 
-/// `#[serde(with = ...)]` for optional humantime durations.
+/// `#[serde(with = ...)]` for optional humantime durations: [`duration`]
+/// for a key that is present.
 mod opt_duration {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer, de};
+    use serde::{Deserializer, Serializer};
 
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.collect_str(&humantime::format_duration(*d)),
+            Some(d) => super::duration::serialize(d, s),
             None => s.serialize_none(),
         }
     }
@@ -772,14 +773,7 @@ mod opt_duration {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(text.trim())
-            .map(Some)
-            .map_err(|e| {
-                de::Error::custom(format_args!(
-                    "invalid duration {text:?}: {e} (write it like \"10s\" or \"2m\")"
-                ))
-            })
+        super::duration::deserialize(d).map(Some)
     }
 }
 

@@ -386,7 +386,7 @@ impl Policy {
                 "{peer} would refuse it: the cooldown after the previous handover runs"
             ));
         }
-        let fresh = |at: Millis| now.saturating_since(at) <= self.cfg.peer_report_max_age;
+        let fresh = |at: Millis| now.saturating_since(at) <= self.cfg.peer_report_max_age();
         let refused = self.peer_refused.filter(|&t| fresh(t));
         let report = self.peer_lag.filter(|&(_, at)| fresh(at));
         match (refused, report) {

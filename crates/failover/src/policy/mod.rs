@@ -214,10 +214,6 @@ pub struct PolicyConfig {
     /// before the next attempt or, after the last, the release
     /// (`[failover] restart_grace`).
     pub watchdog_grace: Duration,
-    /// How recent a report of the peer's data loss ([`Event::PeerLag`],
-    /// or that it would not take over) must be for the watchdog to rely
-    /// on it when it releases the lease.
-    pub peer_report_max_age: Duration,
     /// Bound on the rate difference between any site's monotonic clock and
     /// true time, in parts per million (10 000 = 1 %).
     pub max_clock_drift_ppm: u32,
@@ -237,7 +233,19 @@ impl Default for PolicyConfig {
     }
 }
 
+/// How many probe intervals a report of the peer stays fresh
+/// ([`PolicyConfig::peer_report_max_age`]).
+const PEER_REPORT_INTERVALS: u32 = 5;
+
 impl PolicyConfig {
+    /// How recent a report of the peer's data loss ([`Event::PeerLag`],
+    /// or that it would not take over) must be for the watchdog to rely on
+    /// it when it releases the lease: five probe intervals
+    /// (`read_interval`), whatever the watchdog's own grace.
+    pub fn peer_report_max_age(&self) -> Duration {
+        self.read_interval.saturating_mul(PEER_REPORT_INTERVALS)
+    }
+
     /// Derives the policy timing from the `[failover]` section: margin
     /// `ttl / 6`, renewal every `ttl / 3`, lease reads every probe
     /// `interval`, lease requests timed out after five sixths of the slack
@@ -263,7 +271,6 @@ impl PolicyConfig {
             cooldown: c.cooldown,
             watchdog_restarts: c.restart_attempts,
             watchdog_grace: c.effective_restart_grace(),
-            peer_report_max_age: c.interval * crate::config::DEFAULT_RESTART_GRACE_INTERVALS,
             max_clock_drift_ppm: 10_000,
             switchover_timeout: c.switchover_timeout,
         }
@@ -328,9 +335,6 @@ impl PolicyConfig {
                 "restart_grace",
                 "must be greater than zero while `restart_attempts` is above 0".into(),
             );
-        }
-        if self.peer_report_max_age.is_zero() {
-            return invalid("peer_report_max_age", "must be greater than zero".into());
         }
         Ok(())
     }
